@@ -31,7 +31,11 @@ export interface HsmSource {
    * Fetches one cluster. Rejects with ClusterNotFoundError when the region has no such cluster,
    * and with DiscoveryError for every other failure.
    */
-  describe(clusterId: string, region: string, signal?: AbortSignal): Promise<ClusterSnapshot>;
+  describe(
+    clusterId: string,
+    region: string,
+    signal?: AbortSignal,
+  ): Promise<ClusterSnapshot>;
 }
 
 /** A failed DescribeClusters call, with the AWS error name when there was one. */
