@@ -1,0 +1,402 @@
+import { isObject, type Container, type JsonObject } from "./pod.js";
+
+export const LABEL_INJECTED = "cloudhsm/injected";
+export const ANNOTATION_CONFIG = "cloudhsm/config";
+export const ANNOTATION_INJECTED_IPS = "cloudhsm/injected-ips";
+export const ANNOTATION_INJECTED_AT = "cloudhsm/injected-at";
+
+export const VOLUME_NAME = "cloudhsm-config";
+export const DEFAULT_MOUNT_DIR = "/var/run/cloudhsm";
+export const CONFIG_FILE_NAME = "cloudhsm.cfg";
+
+export const ENV_CLUSTER_ID = "CLOUDHSM_CLUSTER_ID";
+export const ENV_HSM_IPS = "CLOUDHSM_HSM_IPS";
+export const ENV_HSM_IP = "CLOUDHSM_HSM_IP";
+export const ENV_CONFIG_FILE = "CLOUDHSM_CONFIG_FILE";
+const OWNED_ENV = new Set([
+  ENV_CLUSTER_ID,
+  ENV_HSM_IPS,
+  ENV_HSM_IP,
+  ENV_CONFIG_FILE,
+]);
+
+/**
+ * The downwardAPI volume that projects the config annotation as a file. It is written with the
+ * defaults the API server fills in, so a reinvocation sees its own volume unchanged.
+ */
+const CONFIG_VOLUME = {
+  name: VOLUME_NAME,
+  downwardAPI: {
+    defaultMode: 0o644,
+    items: [
+      {
+        path: CONFIG_FILE_NAME,
+        fieldRef: {
+          apiVersion: "v1",
+          fieldPath: `metadata.annotations['${ANNOTATION_CONFIG}']`,
+        },
+      },
+    ],
+  },
+};
+
+/** What to write into one pod: the outcome of discovery and option resolution. */
+export interface InjectionPlan {
+  /** Cluster that the CLOUDHSM_* variables describe; the first one in a multi-cluster config. */
+  readonly clusterId: string;
+  /** ACTIVE ENI IPs of that cluster, in numeric order. */
+  readonly ips: readonly string[];
+  /** Rendered config file, stored in the config annotation. */
+  readonly config: string;
+  /** Absolute file path for a subPath mount; the default is a directory mount. */
+  readonly configPath?: string;
+  /** Names of the containers and initContainers to inject; all of them when absent. */
+  readonly containers?: readonly string[];
+}
+
+export interface InjectionResult {
+  /** False when the pod already carried exactly this injection. */
+  readonly changed: boolean;
+  readonly injectedContainers: readonly string[];
+  readonly warnings: readonly string[];
+}
+
+/** The pod cannot be injected because a field has a type the Pod schema does not allow. */
+export class InvalidPodError extends Error {
+  override readonly name = "InvalidPodError";
+}
+
+interface MountTarget {
+  readonly mountPath: string;
+  readonly subPath?: string;
+}
+
+/** Returns the path at which containers find the config file under this plan. */
+export function configFilePath(
+  plan: Pick<InjectionPlan, "configPath">,
+): string {
+  return plan.configPath ?? `${DEFAULT_MOUNT_DIR}/${CONFIG_FILE_NAME}`;
+}
+
+/**
+ * Injects the plan into `pod` in place. The caller passes a copy and diffs it against the
+ * original, so this code never builds patch paths. Running it on its own output changes
+ * nothing, which `reinvocationPolicy: IfNeeded` relies on; `cloudhsm/injected-at` moves only
+ * when something else changed.
+ */
+export function injectPod(
+  pod: JsonObject,
+  plan: InjectionPlan,
+  now: Date,
+): InjectionResult {
+  const spec = requireObject(pod.spec, "spec");
+  const containers = requireContainers(
+    spec.containers,
+    "spec.containers",
+    true,
+  );
+  const initContainers = requireContainers(
+    spec.initContainers,
+    "spec.initContainers",
+    false,
+  );
+  const metadata = ensureObject(pod, "metadata");
+  const warnings: string[] = [];
+
+  let changed = setStringEntry(
+    metadata,
+    "annotations",
+    ANNOTATION_CONFIG,
+    plan.config,
+  );
+  changed =
+    setStringEntry(
+      metadata,
+      "annotations",
+      ANNOTATION_INJECTED_IPS,
+      plan.ips.join(","),
+    ) || changed;
+  changed =
+    setStringEntry(metadata, "labels", LABEL_INJECTED, "true") || changed;
+
+  const wanted = plan.containers ? new Set(plan.containers) : undefined;
+  const target: MountTarget = plan.configPath
+    ? { mountPath: plan.configPath, subPath: CONFIG_FILE_NAME }
+    : { mountPath: DEFAULT_MOUNT_DIR };
+  const env: ReadonlyArray<readonly [string, string]> = [
+    [ENV_CLUSTER_ID, plan.clusterId],
+    [ENV_HSM_IPS, plan.ips.join(",")],
+    [ENV_HSM_IP, plan.ips[0] ?? ""],
+    [ENV_CONFIG_FILE, configFilePath(plan)],
+  ];
+
+  const injectedContainers: string[] = [];
+  let mounted = false;
+  for (const container of [...initContainers, ...containers]) {
+    const name = typeof container.name === "string" ? container.name : "";
+    if (wanted && !wanted.has(name)) {
+      continue;
+    }
+    injectedContainers.push(name);
+    changed = setEnv(container, env) || changed;
+
+    const mount = mountConfig(container, target);
+    changed = mount.changed || changed;
+    if (mount.conflict === undefined) {
+      mounted = true;
+    } else {
+      warnings.push(
+        `container "${name}" already mounts volume "${mount.conflict}" at ${target.mountPath}, ` +
+          `so the CloudHSM config was not mounted there; set cloudhsm/config-path to another path`,
+      );
+    }
+  }
+  if (mounted) {
+    changed = ensureConfigVolume(spec) || changed;
+  }
+
+  const annotations = metadata.annotations as JsonObject;
+  if (changed || typeof annotations[ANNOTATION_INJECTED_AT] !== "string") {
+    setStringEntry(
+      metadata,
+      "annotations",
+      ANNOTATION_INJECTED_AT,
+      now.toISOString(),
+    );
+  }
+  return { changed, injectedContainers, warnings };
+}
+
+function requireObject(value: unknown, field: string): JsonObject {
+  if (!isObject(value)) {
+    throw new InvalidPodError(`pod field ${field} is missing or not an object`);
+  }
+  return value;
+}
+
+function requireContainers(
+  value: unknown,
+  field: string,
+  required: boolean,
+): Container[] {
+  if (value === undefined || value === null) {
+    if (required) {
+      throw new InvalidPodError(`pod field ${field} is missing`);
+    }
+    return [];
+  }
+  if (!Array.isArray(value) || !value.every(isObject)) {
+    throw new InvalidPodError(
+      `pod field ${field} must be a list of container objects`,
+    );
+  }
+  for (const container of value as Container[]) {
+    if (typeof container.name !== "string" || container.name === "") {
+      throw new InvalidPodError(
+        `every entry of pod field ${field} needs a name`,
+      );
+    }
+  }
+  return value as Container[];
+}
+
+/** Returns `parent[key]` as an object, creating it when missing or null. */
+function ensureObject(parent: JsonObject, key: string): JsonObject {
+  const value = parent[key];
+  if (isObject(value)) {
+    return value;
+  }
+  if (value !== undefined && value !== null) {
+    throw new InvalidPodError(`pod field ${key} must be an object`);
+  }
+  const created: JsonObject = {};
+  parent[key] = created;
+  return created;
+}
+
+/** Sets `metadata[map][key] = value`, as an own property, and reports whether it changed. */
+function setStringEntry(
+  metadata: JsonObject,
+  map: string,
+  key: string,
+  value: string,
+): boolean {
+  const entries = ensureObject(metadata, map);
+  if (
+    Object.prototype.hasOwnProperty.call(entries, key) &&
+    entries[key] === value
+  ) {
+    return false;
+  }
+  Object.defineProperty(entries, key, {
+    value,
+    enumerable: true,
+    writable: true,
+    configurable: true,
+  });
+  return true;
+}
+
+/**
+ * Puts the webhook's variables first, in a fixed order, and keeps every other entry in its
+ * order. First place lets later entries refer to them with `$(CLOUDHSM_HSM_IP)`, and replacing
+ * same-named entries removes stale addresses that a manifest or an older injection left.
+ */
+function setEnv(
+  container: Container,
+  vars: ReadonlyArray<readonly [string, string]>,
+): boolean {
+  const current = container.env ?? [];
+  if (!Array.isArray(current)) {
+    throw new InvalidPodError(
+      `env of container "${String(container.name)}" must be a list`,
+    );
+  }
+  const kept = current.filter(
+    (entry) =>
+      !(
+        isObject(entry) &&
+        typeof entry.name === "string" &&
+        OWNED_ENV.has(entry.name)
+      ),
+  );
+  const next: unknown[] = [
+    ...vars.map(([name, value]) => ({ name, value })),
+    ...kept,
+  ];
+
+  const unchanged =
+    next.length === current.length &&
+    next.every((entry, index) => {
+      const before: unknown = current[index];
+      if (index >= vars.length) {
+        return entry === before;
+      }
+      const [name, value] = vars[index]!;
+      return (
+        isObject(before) &&
+        before.name === name &&
+        before.value === value &&
+        Object.keys(before).length === 2
+      );
+    });
+  if (unchanged) {
+    return false;
+  }
+  container.env = next;
+  return true;
+}
+
+interface MountOutcome {
+  readonly changed: boolean;
+  /** Name of the user volume already mounted at the target path, if any. */
+  readonly conflict?: string;
+}
+
+/**
+ * Leaves exactly one config mount in the container, at the target. Mounts of the config volume
+ * at other paths are left from an earlier config-path and are removed. A user mount at the
+ * target path wins: mounting over it would hide the user's files.
+ */
+function mountConfig(container: Container, target: MountTarget): MountOutcome {
+  const current = container.volumeMounts ?? [];
+  if (!Array.isArray(current)) {
+    throw new InvalidPodError(
+      `volumeMounts of container "${String(container.name)}" must be a list`,
+    );
+  }
+  const isOurs = (mount: unknown): boolean =>
+    isObject(mount) && mount.name === VOLUME_NAME;
+  const others = current.filter((mount) => !isOurs(mount));
+  const blocking = others.find(
+    (mount) => isObject(mount) && samePath(mount.mountPath, target.mountPath),
+  );
+  if (blocking !== undefined) {
+    const conflict = String((blocking as JsonObject).name);
+    if (others.length !== current.length) {
+      container.volumeMounts = others;
+      return { changed: true, conflict };
+    }
+    return { changed: false, conflict };
+  }
+
+  const ours = current.filter(isOurs) as JsonObject[];
+  const only = ours.length === 1 ? ours[0] : undefined;
+  if (
+    only !== undefined &&
+    only.mountPath === target.mountPath &&
+    only.readOnly === true &&
+    only.subPath === target.subPath
+  ) {
+    return { changed: false };
+  }
+  const mount: JsonObject = {
+    name: VOLUME_NAME,
+    mountPath: target.mountPath,
+    readOnly: true,
+  };
+  if (target.subPath !== undefined) {
+    mount.subPath = target.subPath;
+  }
+  container.volumeMounts = [...others, mount];
+  return { changed: true };
+}
+
+function samePath(value: unknown, path: string): boolean {
+  return (
+    typeof value === "string" &&
+    value.replace(/\/+$/, "") === path.replace(/\/+$/, "")
+  );
+}
+
+/** Leaves exactly one config volume in the pod. The name is reserved for the webhook. */
+function ensureConfigVolume(spec: JsonObject): boolean {
+  const current = spec.volumes ?? [];
+  if (!Array.isArray(current)) {
+    throw new InvalidPodError("pod field spec.volumes must be a list");
+  }
+  const ours = current.filter(
+    (volume) => isObject(volume) && volume.name === VOLUME_NAME,
+  );
+  if (ours.length === 1 && isConfigVolume(ours[0])) {
+    return false;
+  }
+  const others = current.filter(
+    (volume) => !(isObject(volume) && volume.name === VOLUME_NAME),
+  );
+  spec.volumes = [...others, structuredClone(CONFIG_VOLUME)];
+  return true;
+}
+
+/** Accepts the config volume with or without API-server defaults filled in. */
+function isConfigVolume(volume: unknown): boolean {
+  if (
+    !isObject(volume) ||
+    Object.keys(volume).length !== 2 ||
+    !isObject(volume.downwardAPI)
+  ) {
+    return false;
+  }
+  const { defaultMode, items } = volume.downwardAPI;
+  if (
+    (defaultMode !== undefined && defaultMode !== 0o644) ||
+    !Array.isArray(items) ||
+    items.length !== 1
+  ) {
+    return false;
+  }
+  const item: unknown = items[0];
+  if (
+    !isObject(item) ||
+    item.path !== CONFIG_FILE_NAME ||
+    !isObject(item.fieldRef)
+  ) {
+    return false;
+  }
+  const expected = CONFIG_VOLUME.downwardAPI.items[0]!.fieldRef;
+  return (
+    item.fieldRef.fieldPath === expected.fieldPath &&
+    (item.fieldRef.apiVersion === undefined ||
+      item.fieldRef.apiVersion === "v1")
+  );
+}

@@ -1,0 +1,66 @@
+import { isObject, type JsonObject } from "./pod.js";
+
+const has = (object: JsonObject, key: string): boolean =>
+  Object.prototype.hasOwnProperty.call(object, key);
+
+/**
+ * Returns a copy of the parts of a pod that injection writes: metadata annotations and labels,
+ * spec volumes, and each container's name, env and volumeMounts. Everything else is left out,
+ * so diffing two views costs the same for a 1 KB pod and a 1 MB pod with large unrelated fields.
+ *
+ * A view mirrors which keys exist in the pod, so a diff of two views yields paths that apply to
+ * the whole pod. Maps are copied, because injection sets keys in them; arrays are shared,
+ * because injection replaces arrays instead of changing them.
+ */
+export function ownedView(pod: JsonObject): JsonObject {
+  const view: JsonObject = {};
+  if (has(pod, "metadata")) {
+    view.metadata = isObject(pod.metadata)
+      ? pick(pod.metadata, ["annotations", "labels"], copyMap)
+      : pod.metadata;
+  }
+  if (has(pod, "spec")) {
+    view.spec = isObject(pod.spec) ? specView(pod.spec) : pod.spec;
+  }
+  return view;
+}
+
+function specView(spec: JsonObject): JsonObject {
+  const view = pick(spec, ["volumes"], (value) => value);
+  for (const key of ["containers", "initContainers"]) {
+    if (has(spec, key)) {
+      const list = spec[key];
+      view[key] = Array.isArray(list)
+        ? list.map((container) =>
+            isObject(container)
+              ? pick(
+                  container,
+                  ["name", "env", "volumeMounts"],
+                  (value) => value,
+                )
+              : container,
+          )
+        : list;
+    }
+  }
+  return view;
+}
+
+function pick(
+  source: JsonObject,
+  keys: readonly string[],
+  copy: (value: unknown) => unknown,
+): JsonObject {
+  const result: JsonObject = {};
+  for (const key of keys) {
+    if (has(source, key)) {
+      result[key] = copy(source[key]);
+    }
+  }
+  return result;
+}
+
+// Spread defines own properties, so a key such as "__proto__" stays an ordinary key.
+function copyMap(value: unknown): unknown {
+  return isObject(value) ? { ...value } : value;
+}
