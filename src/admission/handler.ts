@@ -1,0 +1,264 @@
+import type {
+  Availability,
+  CachedCluster,
+  HsmDirectory,
+} from "../discovery/directory.js";
+import {
+  InvalidPodError,
+  injectPod,
+  type InjectionPlan,
+} from "../injection/mutate.js";
+import type {
+  InjectionDecision,
+  InjectionOptions,
+} from "../injection/resolve.js";
+import { diffPods } from "../injection/patch.js";
+import { isObject, type JsonObject } from "../injection/pod.js";
+import { renderConfig, type RenderedCluster } from "../injection/render.js";
+import { ownedView } from "../injection/view.js";
+import {
+  allow,
+  allowWithPatch,
+  deny,
+  type AdmissionRequest,
+  type AdmissionResponse,
+} from "./review.js";
+
+/** A pod left uninjected because its owners or namespace could not be read. */
+export interface LookupFailed {
+  readonly inject: false;
+  readonly lookupFailed: true;
+  readonly warnings: readonly string[];
+}
+
+function isLookupFailed(decision: object): decision is LookupFailed {
+  return "lookupFailed" in decision;
+}
+
+/** Decides whether and how to inject a pod; the I/O it needs (owner lookups) sits behind it. */
+export type Decider = (
+  pod: JsonObject,
+  request: AdmissionRequest,
+) => Promise<InjectionDecision | LookupFailed>;
+
+export type UnavailablePolicy = "deny" | "allow";
+
+export interface HandlerOptions {
+  readonly directory: HsmDirectory;
+  readonly decide: Decider;
+  readonly hsmCaFile: string;
+  readonly onUnavailable: UnavailablePolicy;
+  readonly now?: () => Date;
+}
+
+/** What the handler did, for the decision log line and metrics. */
+export type Outcome =
+  "injected" | "unchanged" | "skipped" | "denied" | "unavailable";
+
+export interface HandlerResult {
+  readonly response: AdmissionResponse;
+  readonly outcome: Outcome;
+  readonly clusterId?: string;
+  readonly ipCount?: number;
+  /** A short reason for skipped and denied outcomes, safe to log. */
+  readonly reason?: string;
+}
+
+// Rendered configs are reused while the cluster lists behind them are unchanged, so a busy
+// webhook renders once per refresh and not once per pod.
+const RENDER_CACHE_LIMIT = 256;
+
+/**
+ * Answers AdmissionRequests for pods in a fixed order of steps: filter, decide, look up HSMs,
+ * render, mutate a copy, diff. It performs no I/O of its own beyond the directory and the
+ * decider, and never throws for a request it can parse.
+ */
+export class AdmissionHandler {
+  readonly #options: HandlerOptions;
+  readonly #rendered = new Map<string, string>();
+
+  constructor(options: HandlerOptions) {
+    this.#options = options;
+  }
+
+  async handle(request: AdmissionRequest): Promise<HandlerResult> {
+    const { uid } = request;
+    const skipReason = this.#skipReason(request);
+    if (skipReason) {
+      return { response: allow(uid), outcome: "skipped", reason: skipReason };
+    }
+    const pod = request.object as JsonObject;
+
+    const decision = await this.#options.decide(pod, request);
+    if ("error" in decision) {
+      return {
+        response: deny(uid, decision.error, 400),
+        outcome: "denied",
+        reason: "invalid-annotation",
+      };
+    }
+    if (isLookupFailed(decision)) {
+      return {
+        response: allow(uid, decision.warnings),
+        outcome: "skipped",
+        reason: "lookup-failed",
+      };
+    }
+    if (!decision.inject) {
+      return {
+        response: allow(uid),
+        outcome: "skipped",
+        reason: "not-opted-in",
+      };
+    }
+    const { options } = decision;
+
+    const clusters = await this.#lookUp(options);
+    const failure = clusters.find((availability) => !availability.ok);
+    if (failure && !failure.ok) {
+      return this.#unavailable(uid, options, failure, decision.warnings);
+    }
+    const cached = clusters.map(
+      (availability) => (availability as { cluster: CachedCluster }).cluster,
+    );
+
+    const plan = this.#plan(options, cached);
+    const original = ownedView(pod);
+    const mutated = ownedView(pod);
+    let result;
+    try {
+      result = injectPod(mutated, plan, this.#now());
+    } catch (error) {
+      if (error instanceof InvalidPodError) {
+        return {
+          response: deny(
+            uid,
+            `cannot inject CloudHSM config: ${error.message}`,
+            400,
+          ),
+          outcome: "denied",
+          reason: "invalid-pod",
+        };
+      }
+      throw error;
+    }
+
+    const patch = result.changed ? diffPods(original, mutated) : [];
+    const warnings = [...decision.warnings, ...result.warnings];
+    return {
+      response: allowWithPatch(uid, patch, warnings),
+      outcome: patch.length > 0 ? "injected" : "unchanged",
+      clusterId: plan.clusterId,
+      ipCount: plan.ips.length,
+    };
+  }
+
+  /** Returns why a request is not a pod creation the webhook acts on, or undefined. */
+  #skipReason(request: AdmissionRequest): string | undefined {
+    if (request.operation !== "CREATE") {
+      return "not-create";
+    }
+    const isPod =
+      (request.kind?.kind === "Pod" && (request.kind.group ?? "") === "") ||
+      (request.resource?.resource === "pods" &&
+        (request.resource.group ?? "") === "");
+    if (!isPod || (request.subResource ?? "") !== "") {
+      return "not-pod";
+    }
+    if (!isObject(request.object)) {
+      return "no-object";
+    }
+    return undefined;
+  }
+
+  #lookUp(options: InjectionOptions): Promise<Availability[]> {
+    const { directory } = this.#options;
+    return Promise.all(
+      options.clusterIds.map((clusterId) =>
+        directory.availability(clusterId, options.region),
+      ),
+    );
+  }
+
+  #unavailable(
+    uid: string,
+    options: InjectionOptions,
+    failure: Exclude<Availability, { ok: true }>,
+    warnings: readonly string[],
+  ): HandlerResult {
+    const clusterId = options.clusterIds[0];
+    if (failure.reason === "not-found") {
+      return {
+        response: deny(uid, failure.message, 400, warnings),
+        outcome: "denied",
+        reason: failure.reason,
+        clusterId,
+      };
+    }
+    if (this.#options.onUnavailable === "allow") {
+      const warning = `pod admitted without CloudHSM addresses: ${failure.message}`;
+      return {
+        response: allow(uid, [...warnings, warning]),
+        outcome: "unavailable",
+        reason: failure.reason,
+        clusterId,
+      };
+    }
+    // 503 tells the creating controller that a retry can succeed once AWS answers again.
+    const message = `pod rejected because no CloudHSM addresses are available: ${failure.message}`;
+    return {
+      response: deny(uid, message, 503, warnings),
+      outcome: "unavailable",
+      reason: failure.reason,
+      clusterId,
+    };
+  }
+
+  #plan(
+    options: InjectionOptions,
+    clusters: readonly CachedCluster[],
+  ): InjectionPlan {
+    const first = clusters[0]!;
+    return {
+      clusterId: first.snapshot.clusterId,
+      ips: first.ips,
+      config: this.#render(options, clusters),
+      configPath: options.configPath,
+      containers: options.containers,
+    };
+  }
+
+  #render(
+    options: InjectionOptions,
+    clusters: readonly CachedCluster[],
+  ): string {
+    const key = [
+      options.configFormat,
+      this.#options.hsmCaFile,
+      ...clusters.map(
+        ({ snapshot }) =>
+          `${snapshot.region}/${snapshot.clusterId}@${snapshot.fetchedAt}`,
+      ),
+    ].join("|");
+    const existing = this.#rendered.get(key);
+    if (existing !== undefined) {
+      return existing;
+    }
+    const rendered: RenderedCluster[] = clusters.map(
+      ({ snapshot, active }) => ({ snapshot, active }),
+    );
+    const config = renderConfig(rendered, {
+      format: options.configFormat,
+      hsmCaFile: this.#options.hsmCaFile,
+    });
+    if (this.#rendered.size >= RENDER_CACHE_LIMIT) {
+      this.#rendered.clear();
+    }
+    this.#rendered.set(key, config);
+    return config;
+  }
+
+  #now(): Date {
+    return this.#options.now ? this.#options.now() : new Date();
+  }
+}

@@ -1,0 +1,175 @@
+import { isObject, ownString, type JsonObject } from "../injection/pod.js";
+import type { PatchOperation } from "../injection/patch.js";
+
+/** AdmissionReview versions the webhook accepts, and answers in. */
+export const ADMISSION_VERSIONS = [
+  "admission.k8s.io/v1",
+  "admission.k8s.io/v1beta1",
+] as const;
+export type AdmissionVersion = (typeof ADMISSION_VERSIONS)[number];
+
+/** The fields of an AdmissionRequest that the webhook reads. */
+export interface AdmissionRequest {
+  readonly uid: string;
+  readonly kind?: { group?: string; version?: string; kind?: string };
+  readonly resource?: { group?: string; version?: string; resource?: string };
+  readonly subResource?: string;
+  readonly operation?: string;
+  readonly namespace?: string;
+  readonly name?: string;
+  readonly dryRun?: boolean;
+  /** The pod as the API server sent it; kept as raw JSON so unknown fields survive. */
+  readonly object: unknown;
+}
+
+export interface AdmissionReview {
+  readonly apiVersion: AdmissionVersion;
+  readonly request: AdmissionRequest;
+}
+
+export interface AdmissionResponse {
+  uid: string;
+  allowed: boolean;
+  patchType?: "JSONPatch";
+  patch?: string;
+  warnings?: string[];
+  status?: { code: number; message: string; reason?: string };
+}
+
+/** A request body that is not an AdmissionReview the webhook can answer; maps to HTTP 400. */
+export class InvalidReviewError extends Error {
+  override readonly name = "InvalidReviewError";
+}
+
+/** Checks the envelope of an AdmissionReview and returns its typed view. The object stays raw. */
+export function parseAdmissionReview(body: unknown): AdmissionReview {
+  if (!isObject(body)) {
+    throw new InvalidReviewError(
+      "request body must be a JSON object holding an AdmissionReview",
+    );
+  }
+  const apiVersion = ownString(body, "apiVersion");
+  if (!ADMISSION_VERSIONS.includes(apiVersion as AdmissionVersion)) {
+    throw new InvalidReviewError(
+      `unsupported apiVersion ${JSON.stringify(body.apiVersion ?? null)}: expected ${ADMISSION_VERSIONS.join(" or ")}`,
+    );
+  }
+  if (ownString(body, "kind") !== "AdmissionReview") {
+    throw new InvalidReviewError(
+      `unsupported kind ${JSON.stringify(body.kind ?? null)}: expected AdmissionReview`,
+    );
+  }
+  const request = Object.prototype.hasOwnProperty.call(body, "request")
+    ? body.request
+    : undefined;
+  if (!isObject(request)) {
+    throw new InvalidReviewError("AdmissionReview has no request object");
+  }
+  const uid = ownString(request, "uid");
+  if (!uid) {
+    throw new InvalidReviewError("AdmissionReview request has no uid");
+  }
+  return {
+    apiVersion: apiVersion as AdmissionVersion,
+    request: {
+      uid,
+      kind: groupVersionKind(request.kind, "kind"),
+      resource: groupVersionKind(request.resource, "resource"),
+      subResource: ownString(request, "subResource"),
+      operation: ownString(request, "operation"),
+      namespace: ownString(request, "namespace"),
+      name: ownString(request, "name"),
+      dryRun: request.dryRun === true,
+      object: Object.prototype.hasOwnProperty.call(request, "object")
+        ? request.object
+        : undefined,
+    },
+  };
+}
+
+function groupVersionKind(
+  value: unknown,
+  last: "kind" | "resource",
+): Record<string, string> | undefined {
+  if (!isObject(value)) {
+    return undefined;
+  }
+  const result: Record<string, string> = {};
+  for (const key of ["group", "version", last]) {
+    const field = ownString(value, key);
+    if (field !== undefined) {
+      result[key] = field;
+    }
+  }
+  return result;
+}
+
+/** Admits the object unchanged. */
+export function allow(
+  uid: string,
+  warnings: readonly string[] = [],
+): AdmissionResponse {
+  return withWarnings({ uid, allowed: true }, warnings);
+}
+
+/** Admits the object with a JSONPatch; an empty patch admits it unchanged. */
+export function allowWithPatch(
+  uid: string,
+  patch: readonly PatchOperation[],
+  warnings: readonly string[] = [],
+): AdmissionResponse {
+  if (patch.length === 0) {
+    return allow(uid, warnings);
+  }
+  const response: AdmissionResponse = {
+    uid,
+    allowed: true,
+    patchType: "JSONPatch",
+    patch: Buffer.from(JSON.stringify(patch)).toString("base64"),
+  };
+  return withWarnings(response, warnings);
+}
+
+/**
+ * Rejects the object. The message reaches the user through kubectl or the controller's events,
+ * so it names the value at fault and what to do.
+ */
+export function deny(
+  uid: string,
+  message: string,
+  code = 403,
+  warnings: readonly string[] = [],
+): AdmissionResponse {
+  return withWarnings(
+    { uid, allowed: false, status: { code, message } },
+    warnings,
+  );
+}
+
+/** Wraps a response in an AdmissionReview of the request's version, as the API server requires. */
+export function reviewResponse(
+  apiVersion: AdmissionVersion,
+  response: AdmissionResponse,
+): JsonObject {
+  return { apiVersion, kind: "AdmissionReview", response };
+}
+
+// The API server truncates long warnings; keep each one short and their number bounded.
+const MAX_WARNINGS = 20;
+const MAX_WARNING_LENGTH = 240;
+
+function withWarnings(
+  response: AdmissionResponse,
+  warnings: readonly string[],
+): AdmissionResponse {
+  if (warnings.length > 0) {
+    response.warnings = warnings
+      .slice(0, MAX_WARNINGS)
+      .map((warning) =>
+        warning.length > MAX_WARNING_LENGTH
+          ? `${warning.slice(0, MAX_WARNING_LENGTH - 3)}...`
+          : warning,
+      );
+  }
+  return response;
+}

@@ -1,0 +1,68 @@
+#!/usr/bin/env node
+import { ConfigError } from "../config.js";
+import { runServe } from "./serve.js";
+
+const USAGE = `Usage: cloudhsm-webhook <command> [flags]
+
+Commands:
+  serve      run the mutating admission webhook (HTTPS)
+
+Run "cloudhsm-webhook <command> --help" for the flags of a command.
+`;
+
+type Command = (
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv,
+) => Promise<number>;
+
+const COMMANDS: Readonly<Record<string, Command>> = {
+  serve: runServe,
+};
+
+/** Runs one command and returns the process exit status. */
+export async function main(
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv,
+): Promise<number> {
+  const [name, ...rest] = argv;
+  if (
+    name === undefined ||
+    name === "help" ||
+    name === "--help" ||
+    name === "-h"
+  ) {
+    process.stdout.write(USAGE);
+    return name === undefined ? 2 : 0;
+  }
+  const command = Object.prototype.hasOwnProperty.call(COMMANDS, name)
+    ? COMMANDS[name]
+    : undefined;
+  if (!command) {
+    process.stderr.write(
+      `cloudhsm-webhook: unknown command "${name}"\n\n${USAGE}`,
+    );
+    return 2;
+  }
+  try {
+    return await command(rest, env);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`cloudhsm-webhook ${name}: ${error.message}\n`);
+      return 2;
+    }
+    process.stderr.write(
+      `cloudhsm-webhook ${name}: ${(error as Error).message}\n`,
+    );
+    return 1;
+  }
+}
+
+main(process.argv.slice(2), process.env).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    process.stderr.write(`cloudhsm-webhook: ${String(error)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,187 @@
+import { AdmissionHandler, type Decider } from "../admission/handler.js";
+import { podDecider } from "../admission/decide.js";
+import {
+  SERVE_FLAGS,
+  formatFlagHelp,
+  readFlags,
+  readServeConfig,
+  type ServeConfig,
+} from "../config.js";
+import { AwsHsmSource } from "../discovery/aws-source.js";
+import { HsmDirectory } from "../discovery/directory.js";
+import { StaticHsmSource } from "../discovery/static-source.js";
+import type { HsmSource } from "../discovery/types.js";
+import { createLogger } from "../log.js";
+import { buildApp, type ReadinessState } from "../server/app.js";
+import { CertificateReloader, loadKeyPair } from "../server/tls.js";
+
+export const SERVE_USAGE = `Usage: cloudhsm-webhook serve [flags]
+
+Serves the mutating admission webhook over HTTPS. Flags fall back to the environment
+variable shown, then to the default.
+
+Flags:
+${formatFlagHelp(SERVE_FLAGS)}
+`;
+
+/** A running webhook, for tests and the CLI. */
+export interface RunningWebhook {
+  readonly port: number;
+  readonly directory: HsmDirectory;
+  readonly readiness: ReadinessState;
+  /** Stops accepting requests, lets in-flight ones finish, and releases timers. */
+  close(): Promise<void>;
+}
+
+/** Builds the HSM source: the static file when given, AWS otherwise. */
+export function createSource(config: ServeConfig): HsmSource {
+  if (config.staticHsms !== undefined) {
+    return new StaticHsmSource(config.staticHsms);
+  }
+  return new AwsHsmSource({
+    endpoint: config.awsEndpoint,
+    timeoutMs: config.awsTimeoutMs,
+  });
+}
+
+/** Starts the webhook with a parsed configuration. */
+export async function startWebhook(
+  config: ServeConfig,
+  overrides: {
+    decide?: Decider;
+    logger?: ReturnType<typeof createLogger>;
+  } = {},
+): Promise<RunningWebhook> {
+  const logger = overrides.logger ?? createLogger(config.logLevel);
+  const tls = await loadKeyPair(config.tlsCert, config.tlsKey);
+
+  const source = createSource(config);
+  const directory = new HsmDirectory({
+    source,
+    refreshIntervalMs: config.refreshIntervalMs,
+    maxStalenessMs: config.maxStalenessMs,
+    requestTimeoutMs: config.awsTimeoutMs,
+    logger,
+  });
+  directory.watch(config.clusterId, config.region, true);
+
+  let ready = false;
+  directory.on("refresh", (event) => {
+    if (
+      event.outcome === "success" &&
+      event.clusterId === config.clusterId &&
+      event.region === config.region
+    ) {
+      ready = true;
+    }
+  });
+  const readiness: ReadinessState = { ready: () => ready, draining: false };
+
+  const handler = new AdmissionHandler({
+    directory,
+    decide:
+      overrides.decide ??
+      podDecider({ clusterId: config.clusterId, region: config.region }),
+    hsmCaFile: config.hsmCaFile,
+    onUnavailable: config.onUnavailable,
+  });
+  const app = buildApp({ handler, tls, readiness, logger });
+  const reloader = new CertificateReloader(
+    {
+      certPath: config.tlsCert,
+      keyPath: config.tlsKey,
+      target: app.server,
+      logger,
+    },
+    tls,
+  );
+
+  await app.listen({ port: config.port, host: config.host });
+  directory.start();
+  reloader.start();
+  const address = app.server.address();
+  const port =
+    typeof address === "object" && address !== null
+      ? address.port
+      : config.port;
+  logger.info(
+    {
+      port,
+      clusterId: config.clusterId,
+      region: config.region,
+      source: config.staticHsms ? "static" : "aws",
+    },
+    "cloudhsm-webhook serving",
+  );
+
+  return {
+    port,
+    directory,
+    readiness,
+    async close() {
+      readiness.draining = true;
+      reloader.stop();
+      await app.close();
+      directory.stop();
+      if (source instanceof AwsHsmSource) {
+        source.destroy();
+      }
+    },
+  };
+}
+
+/**
+ * Runs `serve` until SIGTERM or SIGINT. On the signal, /readyz turns 503 at once, in-flight
+ * requests finish, and the process exits 0; past --shutdown-timeout it exits 1.
+ */
+export async function runServe(
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv,
+): Promise<number> {
+  const { values, help } = readFlags(SERVE_FLAGS, argv, env);
+  if (help) {
+    process.stdout.write(SERVE_USAGE);
+    return 0;
+  }
+  const config = readServeConfig(values);
+  const logger = createLogger(config.logLevel);
+  const webhook = await startWebhook(config, { logger });
+
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: NodeJS.Signals): void => {
+      if (stopping) {
+        return;
+      }
+      stopping = true;
+      webhook.readiness.draining = true;
+      logger.info(
+        { signal },
+        "shutting down: readiness is now 503, finishing in-flight requests",
+      );
+      const forced = setTimeout(() => {
+        logger.error(
+          { timeoutMs: config.shutdownTimeoutMs },
+          "shutdown timed out with requests in flight",
+        );
+        // Open connections would keep the process alive past the grace period.
+        process.exit(1);
+      }, config.shutdownTimeoutMs);
+      forced.unref();
+      webhook.close().then(
+        () => {
+          clearTimeout(forced);
+          logger.info("shutdown complete");
+          resolve(0);
+        },
+        (error: unknown) => {
+          clearTimeout(forced);
+          logger.error({ err: (error as Error).message }, "shutdown failed");
+          resolve(1);
+        },
+      );
+    };
+    process.once("SIGTERM", stop);
+    process.once("SIGINT", stop);
+  });
+}

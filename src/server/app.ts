@@ -1,0 +1,170 @@
+import { performance } from "node:perf_hooks";
+import Fastify, { type FastifyError } from "fastify";
+import type { Logger as PinoLogger } from "pino";
+import type { AdmissionHandler, HandlerResult } from "../admission/handler.js";
+import {
+  InvalidReviewError,
+  deny,
+  parseAdmissionReview,
+  reviewResponse,
+  type AdmissionReview,
+} from "../admission/review.js";
+import { podDisplayName } from "../injection/pod.js";
+import { MIN_TLS_VERSION, type KeyPair } from "./tls.js";
+
+/**
+ * Largest accepted request body. The API server limits a request to 3 MiB, and an
+ * AdmissionReview wraps the object with its metadata, so 6 MiB leaves room for the largest pod.
+ */
+export const BODY_LIMIT_BYTES = 6 * 1024 * 1024;
+
+/** Readiness as /readyz reports it. */
+export interface ReadinessState {
+  /** True once the default cluster's HSM list was fetched. */
+  ready(): boolean;
+  /** Set on SIGTERM, so the Service stops routing new requests here. */
+  draining: boolean;
+}
+
+/** Hooks for metrics; each is optional so tests can build a server without them. */
+export interface AdmissionObserver {
+  admission?(result: HandlerResult | undefined, seconds: number): void;
+  badRequest?(statusCode: number): void;
+}
+
+export interface AppOptions {
+  readonly handler: AdmissionHandler;
+  readonly tls: KeyPair;
+  readonly readiness: ReadinessState;
+  readonly logger: PinoLogger;
+  readonly observer?: AdmissionObserver;
+}
+
+/**
+ * Builds the HTTPS server: POST /mutate for AdmissionReviews, GET /healthz for liveness and
+ * GET /readyz for readiness. There is no plaintext listener for /mutate.
+ */
+export function buildApp(options: AppOptions) {
+  const app = Fastify({
+    https: {
+      cert: options.tls.cert,
+      key: options.tls.key,
+      minVersion: MIN_TLS_VERSION,
+    },
+    loggerInstance: options.logger,
+    bodyLimit: BODY_LIMIT_BYTES,
+    disableRequestLogging: true,
+    // Requests that arrive on kept-alive connections during shutdown are still answered, so
+    // an API server that has not yet seen the endpoint go away loses none.
+    return503OnClosing: false,
+    // Annotation and env keys such as "__proto__" are data here. JSON.parse stores them as own
+    // properties, and the code reads them only through own-property checks.
+    onProtoPoisoning: "ignore",
+    onConstructorPoisoning: "ignore",
+  });
+  const { observer } = options;
+
+  app.setErrorHandler((error: FastifyError, request, reply) => {
+    const statusCode = clientErrorStatus(error);
+    if (statusCode === undefined) {
+      request.log.error(
+        { err: error.message, url: request.url },
+        "request failed",
+      );
+      void reply.code(500).send({
+        error: "Internal Server Error",
+        message: "internal error; see the webhook logs",
+      });
+      return;
+    }
+    observer?.badRequest?.(statusCode);
+    request.log.warn(
+      { statusCode, err: error.message, url: request.url },
+      "rejected a malformed request",
+    );
+    void reply
+      .code(statusCode)
+      .send({ error: statusText(statusCode), message: error.message });
+  });
+
+  app.get("/healthz", async () => ({ status: "ok" }));
+
+  app.get("/readyz", async (_request, reply) => {
+    if (options.readiness.draining) {
+      return reply.code(503).send({ status: "draining" });
+    }
+    if (!options.readiness.ready()) {
+      return reply.code(503).send({ status: "waiting for the first HSM list" });
+    }
+    return { status: "ready" };
+  });
+
+  app.post("/mutate", async (request, reply) => {
+    const started = performance.now();
+    const review: AdmissionReview = parseAdmissionReview(request.body);
+    const { request: admission } = review;
+    const log = request.log.child({ uid: admission.uid });
+
+    let result: HandlerResult | undefined;
+    let response;
+    try {
+      result = await options.handler.handle(admission);
+      response = result.response;
+    } catch (error) {
+      // A fault in the webhook must still produce an answer the API server understands.
+      log.error(
+        { err: (error as Error).message },
+        "admission failed with an internal error",
+      );
+      response = deny(
+        admission.uid,
+        "internal error in cloudhsm-webhook; see its logs",
+        500,
+      );
+    }
+    const seconds = (performance.now() - started) / 1000;
+    observer?.admission?.(result, seconds);
+    log.info(
+      {
+        namespace: admission.namespace,
+        pod: podDisplayName(admission.object),
+        operation: admission.operation,
+        dryRun: admission.dryRun,
+        decision: result?.outcome ?? "error",
+        reason: result?.reason,
+        clusterId: result?.clusterId,
+        ipCount: result?.ipCount,
+        durationMs: Math.round(seconds * 1e6) / 1e3,
+      },
+      "admission decision",
+    );
+    return reply.send(reviewResponse(review.apiVersion, response));
+  });
+
+  return app;
+}
+
+/** Maps parser and validation errors to their 4xx status; undefined means a server fault. */
+function clientErrorStatus(error: FastifyError): number | undefined {
+  if (error instanceof InvalidReviewError) {
+    return 400;
+  }
+  const status = error.statusCode;
+  if (status !== undefined && status >= 400 && status < 500) {
+    return status;
+  }
+  return undefined;
+}
+
+function statusText(statusCode: number): string {
+  const texts: Record<number, string> = {
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    415: "Unsupported Media Type",
+  };
+  return texts[statusCode] ?? "Client Error";
+}
+
+export type WebhookApp = ReturnType<typeof buildApp>;
