@@ -1,5 +1,5 @@
 import { performance } from "node:perf_hooks";
-import Fastify, { type FastifyError } from "fastify";
+import Fastify, { LogController, type FastifyError } from "fastify";
 import type { Logger as PinoLogger } from "pino";
 import type { AdmissionHandler, HandlerResult } from "../admission/handler.js";
 import {
@@ -53,7 +53,8 @@ export function buildApp(options: AppOptions) {
     },
     loggerInstance: options.logger,
     bodyLimit: BODY_LIMIT_BYTES,
-    disableRequestLogging: true,
+    // One decision line per admission replaces fastify's request and response lines.
+    logController: new LogController({ disableRequestLogging: true }),
     // Requests that arrive on kept-alive connections during shutdown are still answered, so
     // an API server that has not yet seen the endpoint go away loses none.
     return503OnClosing: false,

@@ -1,0 +1,65 @@
+import { applyPatch, type Operation } from "rfc6902";
+
+const ALLOWED_MEMBERS: Record<string, readonly string[]> = {
+  add: ["op", "path", "value"],
+  remove: ["op", "path"],
+  replace: ["op", "path", "value"],
+  move: ["op", "from", "path"],
+  copy: ["op", "from", "path"],
+  test: ["op", "path", "value"],
+};
+
+/**
+ * Applies a JSONPatch with rfc6902, an implementation independent of the fast-json-patch that
+ * produced it, and fails on the first operation that RFC 6902 does not allow on this document.
+ * Returns a new document; the input stays untouched.
+ */
+export function applyStrict<T>(document: T, patch: unknown): T {
+  if (!Array.isArray(patch)) {
+    throw new Error(`a JSONPatch must be an array, got ${typeof patch}`);
+  }
+  patch.forEach((operation, index) => {
+    const allowed = ALLOWED_MEMBERS[(operation as { op?: string }).op ?? ""];
+    if (!allowed) {
+      throw new Error(
+        `operation ${index} has an invalid op: ${JSON.stringify(operation)}`,
+      );
+    }
+    const extra = Object.keys(operation as object).filter(
+      (key) => !allowed.includes(key),
+    );
+    if (extra.length > 0) {
+      throw new Error(
+        `operation ${index} has members RFC 6902 does not define: ${extra.join(", ")}`,
+      );
+    }
+  });
+  const copy = JSON.parse(JSON.stringify(document)) as T;
+  const results = applyPatch(copy, patch as Operation[]);
+  results.forEach((result, index) => {
+    if (result !== null) {
+      throw new Error(
+        `operation ${index} ${JSON.stringify(patch[index])} failed: ${result.name}: ${result.message}`,
+      );
+    }
+  });
+  return copy;
+}
+
+/** Decodes the base64 JSONPatch of an AdmissionResponse. */
+export function decodePatch(response: {
+  patch?: string;
+  patchType?: string;
+}): unknown[] {
+  if (response.patch === undefined) {
+    return [];
+  }
+  if (response.patchType !== "JSONPatch") {
+    throw new Error(
+      `patchType is ${String(response.patchType)}, expected JSONPatch`,
+    );
+  }
+  return JSON.parse(
+    Buffer.from(response.patch, "base64").toString("utf8"),
+  ) as unknown[];
+}
