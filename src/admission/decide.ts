@@ -6,7 +6,9 @@ import {
   type InjectionDecision,
   type ResolveDefaults,
 } from "../injection/resolve.js";
-import type { Decider } from "./handler.js";
+import type { Logger } from "../log.js";
+import { RepeatLimiter } from "../log.js";
+import type { Decider, LookupFailed } from "./handler.js";
 
 /** Reads the annotations of a pod's owners and namespace from the API server. */
 export interface ChainReader {
@@ -52,6 +54,96 @@ export function containerNames(pod: JsonObject): string[] {
 export function podDecider(defaults: ResolveDefaults): Decider {
   return async (pod) =>
     resolveInjection([podSource(pod)], containerNames(pod), defaults);
+}
+
+export interface ChainDeciderOptions {
+  readonly reader: ChainReader;
+  readonly defaults: ResolveDefaults;
+  /** What to do with a pod that does not opt in itself when its owners cannot be read. */
+  readonly onLookupError: "allow" | "deny";
+  readonly logger: Logger;
+  /** Called once per failed lookup, for metrics. */
+  readonly onLookupFailure?: (error: unknown) => void;
+}
+
+/**
+ * Decides from the pod, its controlling owners and its namespace. A pod that sets
+ * `cloudhsm/inject: "false"` itself costs no API read.
+ *
+ * When the owners or the namespace cannot be read:
+ * - a pod that opts in itself is injected with its own options and a warning, or rejected
+ *   under `--on-lookup-error deny`, because owner options such as cluster-id are unknown;
+ * - any other pod is admitted uninjected with a warning, or rejected under
+ *   `--on-lookup-error deny`.
+ */
+export function chainDecider(options: ChainDeciderOptions): Decider {
+  const repeats = new RepeatLimiter(60_000);
+  return async (pod, request) => {
+    const own = podSource(pod);
+    const names = containerNames(pod);
+    const ownSetting = own.annotations?.[INJECT_ANNOTATION];
+    if (ownSetting === "false") {
+      return resolveInjection([own], names, options.defaults);
+    }
+
+    const metadata = isObject(pod.metadata) ? pod.metadata : {};
+    const namespace =
+      request.namespace ?? ownString(metadata, "namespace") ?? "";
+    let chain;
+    try {
+      chain = await options.reader.read(namespace, metadata.ownerReferences);
+    } catch (error) {
+      options.onLookupFailure?.(error);
+      const cause = error instanceof Error ? error.message : String(error);
+      const suppressed = repeats.admit(`${namespace}|${cause}`);
+      if (suppressed !== undefined) {
+        options.logger.warn(
+          {
+            uid: request.uid,
+            namespace,
+            err: cause,
+            suppressedRepeats: suppressed,
+          },
+          "owner or namespace lookup failed",
+        );
+      }
+      return lookupFailure(own, names, options, cause);
+    }
+    return resolveInjection(
+      [own, ...chain.owners, chain.namespace],
+      names,
+      options.defaults,
+    );
+  };
+}
+
+function lookupFailure(
+  own: AnnotationSource,
+  names: readonly string[],
+  options: ChainDeciderOptions,
+  cause: string,
+): InjectionDecision | LookupFailed {
+  const optsInItself = own.annotations?.[INJECT_ANNOTATION] === "true";
+  if (options.onLookupError === "deny") {
+    return {
+      error: `cloudhsm-webhook could not read the pod's owners or namespace (${cause}); retry, or grant the webhook get on them`,
+    };
+  }
+  if (optsInItself) {
+    const decision = resolveInjection([own], names, options.defaults);
+    if ("error" in decision || !decision.inject) {
+      return decision;
+    }
+    const warning = `options on the pod's owners and namespace were not read (${cause}); injected with the pod's own options`;
+    return { ...decision, warnings: [...decision.warnings, warning] };
+  }
+  return {
+    inject: false,
+    lookupFailed: true,
+    warnings: [
+      `cloudhsm-webhook could not read the pod's owners or namespace (${cause}); the pod was admitted without CloudHSM addresses`,
+    ],
+  };
 }
 
 export type { InjectionDecision };

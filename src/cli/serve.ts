@@ -1,5 +1,5 @@
 import { AdmissionHandler, type Decider } from "../admission/handler.js";
-import { podDecider } from "../admission/decide.js";
+import { chainDecider, podDecider } from "../admission/decide.js";
 import {
   SERVE_FLAGS,
   formatFlagHelp,
@@ -11,7 +11,8 @@ import { AwsHsmSource } from "../discovery/aws-source.js";
 import { HsmDirectory } from "../discovery/directory.js";
 import { StaticHsmSource } from "../discovery/static-source.js";
 import type { HsmSource } from "../discovery/types.js";
-import { createLogger } from "../log.js";
+import { WorkloadLookup } from "../kube/lookup.js";
+import { createLogger, type Logger } from "../log.js";
 import { buildApp, type ReadinessState } from "../server/app.js";
 import { CertificateReloader, loadKeyPair } from "../server/tls.js";
 
@@ -44,11 +45,34 @@ export function createSource(config: ServeConfig): HsmSource {
   });
 }
 
+/**
+ * Connects to the API server for owner and namespace lookups: in-cluster config, or KUBECONFIG
+ * outside a cluster. Without either, only pod annotations opt pods in, and a warning says so.
+ */
+function createLookup(
+  config: ServeConfig,
+  logger: Logger,
+): WorkloadLookup | undefined {
+  try {
+    return WorkloadLookup.fromEnvironment({
+      cacheTtlSeconds: config.lookupCacheTtlMs / 1000,
+      requestTimeoutMs: config.lookupTimeoutMs,
+    });
+  } catch (error) {
+    logger.warn(
+      { err: (error as Error).message },
+      "no Kubernetes API access: only pod annotations can opt pods in",
+    );
+    return undefined;
+  }
+}
+
 /** Starts the webhook with a parsed configuration. */
 export async function startWebhook(
   config: ServeConfig,
   overrides: {
     decide?: Decider;
+    lookup?: WorkloadLookup;
     logger?: ReturnType<typeof createLogger>;
   } = {},
 ): Promise<RunningWebhook> {
@@ -77,11 +101,25 @@ export async function startWebhook(
   });
   const readiness: ReadinessState = { ready: () => ready, draining: false };
 
+  const lookup = overrides.decide
+    ? undefined
+    : (overrides.lookup ?? createLookup(config, logger));
+  const defaults = { clusterId: config.clusterId, region: config.region };
+  const decide =
+    overrides.decide ??
+    (lookup
+      ? chainDecider({
+          reader: {
+            read: (namespace, owners) => lookup.lookup(namespace, owners),
+          },
+          defaults,
+          onLookupError: config.onLookupError,
+          logger,
+        })
+      : podDecider(defaults));
   const handler = new AdmissionHandler({
     directory,
-    decide:
-      overrides.decide ??
-      podDecider({ clusterId: config.clusterId, region: config.region }),
+    decide,
     hsmCaFile: config.hsmCaFile,
     onUnavailable: config.onUnavailable,
   });
@@ -123,6 +161,7 @@ export async function startWebhook(
       reloader.stop();
       await app.close();
       directory.stop();
+      lookup?.close();
       if (source instanceof AwsHsmSource) {
         source.destroy();
       }

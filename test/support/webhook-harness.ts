@@ -6,6 +6,7 @@ import { pino } from "pino";
 import type { Decider } from "../../src/admission/handler.js";
 import { readFlags, readServeConfig, SERVE_FLAGS } from "../../src/config.js";
 import { startWebhook, type RunningWebhook } from "../../src/cli/serve.js";
+import type { WorkloadLookup } from "../../src/kube/lookup.js";
 import { loggerOptions } from "../../src/log.js";
 import {
   callWebhook,
@@ -27,6 +28,9 @@ process.env.AWS_ACCESS_KEY_ID = "AKIDLOOPBACKTEST";
 process.env.AWS_SECRET_ACCESS_KEY = "loopback-test-secret";
 process.env.AWS_EC2_METADATA_DISABLED = "true";
 delete process.env.AWS_PROFILE;
+// Owner lookups go only to a fake API server that a test passes in.
+delete process.env.KUBECONFIG;
+delete process.env.KUBERNETES_SERVICE_HOST;
 
 export const TEST_CLUSTER_ID = "cluster-abcdefghij2";
 export const TEST_REGION = "us-east-1";
@@ -39,6 +43,8 @@ export interface HarnessOptions {
   /** A cloudhsmv2 endpoint URL, passed as --aws-endpoint. */
   readonly awsEndpoint?: string;
   readonly decide?: Decider;
+  /** Owner and namespace lookups, normally against the loopback fake API server. */
+  readonly lookup?: WorkloadLookup;
 }
 
 export interface AdmissionOutcome {
@@ -115,6 +121,7 @@ export async function startHarness(
   const webhook = await startWebhook(config, {
     logger,
     decide: options.decide,
+    lookup: options.lookup,
   });
   const target: WebhookTarget = {
     port: webhook.port,
