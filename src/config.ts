@@ -147,6 +147,13 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
     description: "plain-HTTP port for Prometheus /metrics; 0 turns it off",
   }),
   flag({
+    name: "shutdown-delay",
+    kind: "seconds",
+    default: "2",
+    description:
+      "seconds between SIGTERM and closing the listener, while /readyz answers 503 and requests are still served",
+  }),
+  flag({
     name: "shutdown-timeout",
     kind: "seconds",
     default: "20",
@@ -227,12 +234,18 @@ export function requireString(
   return value;
 }
 
-export function readSeconds(values: FlagValues, name: string): number {
+export function readSeconds(
+  values: FlagValues,
+  name: string,
+  allowZero = false,
+): number {
   const raw = values[name] ?? "";
   const seconds = Number(raw);
-  if (raw.trim() === "" || !Number.isFinite(seconds) || seconds <= 0) {
+  const tooSmall = allowZero ? seconds < 0 : seconds <= 0;
+  if (raw.trim() === "" || !Number.isFinite(seconds) || tooSmall) {
+    const expected = allowZero ? "zero or a positive" : "a positive";
     throw new ConfigError(
-      `invalid --${name} "${raw}": expected a positive number of seconds`,
+      `invalid --${name} "${raw}": expected ${expected} number of seconds`,
     );
   }
   return seconds;
@@ -346,6 +359,7 @@ export interface ServeConfig extends DiscoveryConfig {
   readonly lookupCacheTtlMs: number;
   readonly lookupTimeoutMs: number;
   readonly metricsPort: number;
+  readonly shutdownDelayMs: number;
   readonly shutdownTimeoutMs: number;
   readonly logLevel: LogLevel;
 }
@@ -380,6 +394,7 @@ export function readServeConfig(values: FlagValues): ServeConfig {
     lookupCacheTtlMs: readSeconds(values, "lookup-cache-ttl") * 1000,
     lookupTimeoutMs: readSeconds(values, "lookup-timeout") * 1000,
     metricsPort: readPort(values, "metrics-port"),
+    shutdownDelayMs: readSeconds(values, "shutdown-delay", true) * 1000,
     shutdownTimeoutMs: readSeconds(values, "shutdown-timeout") * 1000,
     logLevel: readChoice(values, "log-level", LOG_LEVELS),
   };

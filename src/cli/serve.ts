@@ -169,9 +169,14 @@ export async function startWebhook(
   };
 }
 
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
 /**
- * Runs `serve` until SIGTERM or SIGINT. On the signal, /readyz turns 503 at once, in-flight
- * requests finish, and the process exits 0; past --shutdown-timeout it exits 1.
+ * Runs `serve` until SIGTERM or SIGINT. On the signal, /readyz turns 503 at once. After
+ * --shutdown-delay the listener closes, in-flight requests finish, and the process exits 0.
+ * Past --shutdown-timeout it exits 1.
  */
 export async function runServe(
   argv: readonly string[],
@@ -195,7 +200,7 @@ export async function runServe(
       stopping = true;
       webhook.readiness.draining = true;
       logger.info(
-        { signal },
+        { signal, shutdownDelayMs: config.shutdownDelayMs },
         "shutting down: readiness is now 503, finishing in-flight requests",
       );
       const forced = setTimeout(() => {
@@ -207,18 +212,22 @@ export async function runServe(
         process.exit(1);
       }, config.shutdownTimeoutMs);
       forced.unref();
-      webhook.close().then(
-        () => {
-          clearTimeout(forced);
-          logger.info("shutdown complete");
-          resolve(0);
-        },
-        (error: unknown) => {
-          clearTimeout(forced);
-          logger.error({ err: (error as Error).message }, "shutdown failed");
-          resolve(1);
-        },
-      );
+      // Requests keep arriving until every API server sees the endpoint go; the listener stays
+      // open for the delay, then closes and waits for what is in flight.
+      delay(config.shutdownDelayMs)
+        .then(() => webhook.close())
+        .then(
+          () => {
+            clearTimeout(forced);
+            logger.info("shutdown complete");
+            resolve(0);
+          },
+          (error: unknown) => {
+            clearTimeout(forced);
+            logger.error({ err: (error as Error).message }, "shutdown failed");
+            resolve(1);
+          },
+        );
     };
     process.once("SIGTERM", stop);
     process.once("SIGINT", stop);

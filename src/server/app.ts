@@ -65,6 +65,18 @@ export function buildApp(options: AppOptions) {
   });
   const { observer } = options;
 
+  // During shutdown, each response closes its kept-alive connection, so the server can finish
+  // once the requests in flight are answered.
+  let closing = false;
+  app.addHook("preClose", async () => {
+    closing = true;
+  });
+  app.addHook("onSend", async (_request, reply) => {
+    if (closing) {
+      void reply.header("connection", "close");
+    }
+  });
+
   app.setErrorHandler((error: FastifyError, request, reply) => {
     const statusCode = clientErrorStatus(error);
     if (statusCode === undefined) {
