@@ -43,6 +43,10 @@ export interface HarnessOptions {
   /** A cloudhsmv2 endpoint URL, passed as --aws-endpoint. */
   readonly awsEndpoint?: string;
   readonly decide?: Decider;
+  /** Paths of the serving certificate and key; the default is a fresh pair for the service name. */
+  readonly tlsFiles?: { readonly cert: string; readonly key: string };
+  /** The CA that issued `tlsFiles`. */
+  readonly ca?: CertificateAuthority;
   /** Owner and namespace lookups, normally against the loopback fake API server. */
   readonly lookup?: WorkloadLookup;
 }
@@ -79,20 +83,24 @@ export async function startHarness(
   options: HarnessOptions = {},
 ): Promise<Harness> {
   const folder = await mkdtemp(join(tmpdir(), "cloudhsm-webhook-test-"));
-  const ca = await createCertificateAuthority();
-  const serving = await ca.issue([
-    SERVICE_DNS_NAME,
-    `${SERVICE_DNS_NAME}.cluster.local`,
-  ]);
-  await writeFile(join(folder, "tls.crt"), serving.cert);
-  await writeFile(join(folder, "tls.key"), serving.key);
+  const ca = options.ca ?? (await createCertificateAuthority());
+  let tlsFiles = options.tlsFiles;
+  if (tlsFiles === undefined) {
+    const serving = await ca.issue([
+      SERVICE_DNS_NAME,
+      `${SERVICE_DNS_NAME}.cluster.local`,
+    ]);
+    tlsFiles = { cert: join(folder, "tls.crt"), key: join(folder, "tls.key") };
+    await writeFile(tlsFiles.cert, serving.cert);
+    await writeFile(tlsFiles.key, serving.key);
+  }
 
   const args = [
     "--host=127.0.0.1",
     "--port=0",
     "--metrics-port=0",
-    `--tls-cert=${join(folder, "tls.crt")}`,
-    `--tls-key=${join(folder, "tls.key")}`,
+    `--tls-cert=${tlsFiles.cert}`,
+    `--tls-key=${tlsFiles.key}`,
     `--cluster-id=${TEST_CLUSTER_ID}`,
     `--region=${TEST_REGION}`,
     "--log-level=debug",
