@@ -155,14 +155,16 @@ export function injectPod(
     changed = ensureConfigVolume(spec) || changed;
   }
 
+  // Adding a missing injected-at is a change, because the handler sends no patch otherwise.
   const annotations = metadata.annotations as JsonObject;
   if (changed || typeof annotations[ANNOTATION_INJECTED_AT] !== "string") {
-    setStringEntry(
-      metadata,
-      "annotations",
-      ANNOTATION_INJECTED_AT,
-      now.toISOString(),
-    );
+    changed =
+      setStringEntry(
+        metadata,
+        "annotations",
+        ANNOTATION_INJECTED_AT,
+        now.toISOString(),
+      ) || changed;
   }
   return { changed, injectedContainers, warnings };
 }
