@@ -145,6 +145,7 @@ async function admitExample(
   const text = await readFile(join(root, "examples", file), "utf8");
   const workload = parseAllDocuments(text)[0]!.toJS() as Json;
   const { pod, namespace } = podFromWorkload(workload);
+
   const review = podCreateReview(pod, { namespace });
   const reply = await callWebhook(target, "/mutate", {
     body: JSON.stringify(review),
@@ -155,6 +156,7 @@ async function admitExample(
     );
   }
   const response = JSON.parse(reply.body).response as Json;
+
   console.log(
     `== ${workload.kind} ${namespace}/${workload.metadata.name} (examples/${file})`,
   );
@@ -163,15 +165,16 @@ async function admitExample(
   }
   if (!response.allowed) {
     console.log(`   denied: ${response.status?.message}\n`);
-    return;
-  }
-  if (!response.patch) {
+  } else if (!response.patch) {
     console.log("   admitted unchanged (not opted in)\n");
-    return;
+  } else {
+    printInjectedPod(pod, response.patch as string);
   }
-  const operations = JSON.parse(
-    Buffer.from(response.patch, "base64").toString(),
-  );
+}
+
+/** Applies the base64 JSONPatch and prints each container's env and the config file. */
+function printInjectedPod(pod: Json, patch: string): void {
+  const operations = JSON.parse(Buffer.from(patch, "base64").toString());
   const injected = fastJsonPatch.applyPatch(
     structuredClone(pod),
     operations,
@@ -179,16 +182,13 @@ async function admitExample(
     false,
   ).newDocument as Json;
   console.log(`   patch: ${operations.length} JSONPatch operations`);
-  const containers = [
+
+  const containers: Json[] = [
     ...(injected.spec.initContainers ?? []),
     ...injected.spec.containers,
   ];
   for (const container of containers) {
-    const env = (container.env ?? []).map((entry: Json) =>
-      entry.value !== undefined
-        ? `${entry.name}=${entry.value}`
-        : `${entry.name} (from ${Object.keys(entry.valueFrom ?? {})[0]})`,
-    );
+    const env = (container.env ?? []).map(describeEnvEntry);
     const mount = (container.volumeMounts ?? []).find(
       (entry: Json) => entry.name === "cloudhsm-config",
     );
@@ -198,11 +198,20 @@ async function admitExample(
       `     config mounted at: ${mount ? mount.mountPath : "(not mounted)"}`,
     );
   }
+
+  const configFile = containers[0]?.env?.find(
+    (entry: Json) => entry.name === "CLOUDHSM_CONFIG_FILE",
+  )?.value;
   const config = injected.metadata.annotations["cloudhsm/config"] as string;
-  console.log(
-    `   file ${containers[0]?.env?.find((e: Json) => e.name === "CLOUDHSM_CONFIG_FILE")?.value}:`,
-  );
+  console.log(`   file ${configFile}:`);
   console.log(config.replace(/^/gm, "     "));
+}
+
+function describeEnvEntry(entry: Json): string {
+  if (entry.value !== undefined) {
+    return `${entry.name}=${entry.value}`;
+  }
+  return `${entry.name} (from ${Object.keys(entry.valueFrom ?? {})[0]})`;
 }
 
 function stopServer(child: ChildProcess): Promise<number | null> {

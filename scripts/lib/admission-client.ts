@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { request, Agent } from "node:https";
 import type { LookupFunction } from "node:net";
 
-/** Where and how to reach a webhook, the way kube-apiserver reaches it through a Service. */
+/** The address and trust settings of a webhook, as kube-apiserver reaches it through a Service. */
 export interface WebhookTarget {
   readonly port: number;
   /** PEM CA bundle, as in the webhook configuration's caBundle. */

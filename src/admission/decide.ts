@@ -59,7 +59,7 @@ export function podDecider(defaults: ResolveDefaults): Decider {
 export interface ChainDeciderOptions {
   readonly reader: ChainReader;
   readonly defaults: ResolveDefaults;
-  /** What to do with a pod that does not opt in itself when its owners cannot be read. */
+  /** Policy for a pod that does not opt in itself when its owners cannot be read. */
   readonly onLookupError: "allow" | "deny";
   readonly logger: Logger;
   /** Called once per failed lookup, for metrics. */

@@ -51,7 +51,7 @@ export interface HandlerOptions {
   readonly now?: () => Date;
 }
 
-/** What the handler did, for the decision log line and metrics. */
+/** The handler's outcome, for the decision log line and metrics. */
 export type Outcome =
   "injected" | "unchanged" | "skipped" | "denied" | "unavailable";
 
@@ -69,7 +69,7 @@ export interface HandlerResult {
 const RENDER_CACHE_LIMIT = 256;
 
 /**
- * Answers AdmissionRequests for pods in a fixed order of steps: filter, decide, look up HSMs,
+ * Handles AdmissionRequests for pods in a fixed order of steps: filter, decide, look up HSMs,
  * render, mutate a copy, diff. It performs no I/O of its own beyond the directory and the
  * decider, and never throws for a request it can parse.
  */
@@ -204,7 +204,7 @@ export class AdmissionHandler {
         clusterId,
       };
     }
-    // 503 tells the creating controller that a retry can succeed once AWS answers again.
+    // A 503 signals the creating controller that a retry can succeed once AWS responds again.
     const message = `pod rejected because no CloudHSM addresses are available: ${failure.message}`;
     return {
       response: deny(uid, message, 503, warnings),

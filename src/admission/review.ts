@@ -1,7 +1,7 @@
 import { isObject, ownString, type JsonObject } from "../injection/pod.js";
 import type { PatchOperation } from "../injection/patch.js";
 
-/** AdmissionReview versions the webhook accepts, and answers in. */
+/** AdmissionReview versions the webhook accepts and responds in. */
 export const ADMISSION_VERSIONS = [
   "admission.k8s.io/v1",
   "admission.k8s.io/v1beta1",
@@ -36,7 +36,7 @@ export interface AdmissionResponse {
   status?: { code: number; message: string; reason?: string };
 }
 
-/** A request body that is not an AdmissionReview the webhook can answer; maps to HTTP 400. */
+/** A request body that is not an AdmissionReview the webhook can handle; maps to HTTP 400. */
 export class InvalidReviewError extends Error {
   override readonly name = "InvalidReviewError";
 }

@@ -54,7 +54,7 @@ export interface RefreshEvent {
   readonly outcome: string;
   readonly durationMs: number;
   readonly background: boolean;
-  /** True when the set of ACTIVE IPs differs from the previous successful answer. */
+  /** True when the set of ACTIVE IPs differs from the previous successful response. */
   readonly changed: boolean;
   readonly previous?: CachedCluster;
   readonly current?: CachedCluster;
@@ -72,7 +72,7 @@ const DEFAULT_IDLE_MS = 3_600_000;
 
 /**
  * Keeps the HSM list of every cluster in use, per region and cluster id. Admissions read the
- * cache and never wait on AWS while it holds a usable list; a timer refreshes it in the
+ * cache and never wait on AWS while it contains a usable list; a timer refreshes it in the
  * background. At most one DescribeClusters call per cluster is in flight, and concurrent
  * admissions on a cold cache share it.
  */

@@ -22,7 +22,7 @@ const OWNED_ENV = new Set([
 
 /**
  * The downwardAPI volume that projects the config annotation as a file. It is written with the
- * defaults the API server fills in, so a reinvocation sees its own volume unchanged.
+ * defaults the API server fills in, so a reinvocation finds its own volume unchanged.
  */
 const CONFIG_VOLUME = {
   name: VOLUME_NAME,
@@ -40,7 +40,7 @@ const CONFIG_VOLUME = {
   },
 };
 
-/** What to write into one pod: the outcome of discovery and option resolution. */
+/** The injection for one pod: the outcome of discovery and option resolution. */
 export interface InjectionPlan {
   /** Cluster that the CLOUDHSM_* variables describe; the first one in a multi-cluster config. */
   readonly clusterId: string;

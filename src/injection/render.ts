@@ -91,5 +91,5 @@ function renderNeutral(clusters: readonly RenderedCluster[]): object {
 }
 
 function byHsmId(left: Hsm, right: Hsm): number {
-  return left.hsmId < right.hsmId ? -1 : left.hsmId > right.hsmId ? 1 : 0;
+  return left.hsmId.localeCompare(right.hsmId, "en");
 }

@@ -13,7 +13,7 @@ export interface KeyPair {
 /** The TLS floor for every listener that serves /mutate. */
 export const MIN_TLS_VERSION = "TLSv1.2";
 
-/** A certificate and key that cannot be served together; the message says which check failed. */
+/** A certificate and key that cannot be served together; the message names the check that failed. */
 export class KeyPairError extends Error {
   override readonly name = "KeyPairError";
 }
