@@ -51,12 +51,12 @@ export function parseAdmissionReview(body: unknown): AdmissionReview {
   const apiVersion = ownString(body, "apiVersion");
   if (!ADMISSION_VERSIONS.includes(apiVersion as AdmissionVersion)) {
     throw new InvalidReviewError(
-      `unsupported apiVersion ${JSON.stringify(body.apiVersion ?? null)}: expected ${ADMISSION_VERSIONS.join(" or ")}`,
+      `unsupported apiVersion ${quoteValue(body.apiVersion)}: expected ${ADMISSION_VERSIONS.join(" or ")}`,
     );
   }
   if (ownString(body, "kind") !== "AdmissionReview") {
     throw new InvalidReviewError(
-      `unsupported kind ${JSON.stringify(body.kind ?? null)}: expected AdmissionReview`,
+      `unsupported kind ${quoteValue(body.kind)}: expected AdmissionReview`,
     );
   }
   const request = Object.prototype.hasOwnProperty.call(body, "request")
@@ -85,6 +85,25 @@ export function parseAdmissionReview(body: unknown): AdmissionReview {
         : undefined,
     },
   };
+}
+
+// Values quoted in error messages are cut to this many characters, because the message is sent
+// back and logged, and the body that carries the value may be 6 MiB long.
+const MAX_QUOTED_LENGTH = 100;
+
+/**
+ * Renders a client-supplied value for an error message: scalars as shortened JSON, objects and
+ * lists by their type only. JSON.stringify recurses, so a list nested 10,000 levels deep would
+ * overflow the stack.
+ */
+function quoteValue(value: unknown): string {
+  if (typeof value === "object" && value !== null) {
+    return Array.isArray(value) ? "(a list)" : "(an object)";
+  }
+  const text = JSON.stringify(value ?? null);
+  return text.length > MAX_QUOTED_LENGTH
+    ? `${text.slice(0, MAX_QUOTED_LENGTH)}... (${text.length} characters)`
+    : text;
 }
 
 function groupVersionKind(
