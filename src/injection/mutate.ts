@@ -100,6 +100,13 @@ export function injectPod(
     "spec.initContainers",
     false,
   );
+  const containerCount = containers.length + initContainers.length;
+  if (containerCount > MAX_CONTAINERS) {
+    throw new InvalidPodError(
+      `pod has ${containerCount} containers and initContainers, more than the ${MAX_CONTAINERS} that cloudhsm-webhook injects`,
+    );
+  }
+  requireShallow(pod);
   const metadata = ensureObject(pod, "metadata");
   const warnings: string[] = [];
 
@@ -167,6 +174,53 @@ export function injectPod(
       ) || changed;
   }
   return { changed, injectedContainers, warnings };
+}
+
+/**
+ * Upper bound on containers plus initContainers. The patch grows by about 600 bytes per injected
+ * container, so a pod of 190,000 minimal containers, 3.5 MB of JSON, would otherwise get a patch
+ * of over 100 MB. Kubernetes sets no such limit, and real pods stay far below it.
+ */
+export const MAX_CONTAINERS = 256;
+
+/**
+ * Upper bound on the nesting of the pod's fields, counted from the pod. Diffing and
+ * JSON.stringify recurse once per level, and the default Node.js stack overflows at a few
+ * thousand levels. Fields of the Pod schema nest about a dozen levels deep at most.
+ */
+export const MAX_FIELD_DEPTH = 100;
+
+/** Rejects a pod with a field nested deeper than MAX_FIELD_DEPTH, naming the field. */
+function requireShallow(pod: JsonObject): void {
+  // Fields are named down to the second level, such as spec.containers.
+  const roots: Array<[string, unknown, number]> = [];
+  for (const [key, value] of Object.entries(pod)) {
+    if (isObject(value)) {
+      for (const [child, childValue] of Object.entries(value)) {
+        roots.push([`${key}.${child}`, childValue, 2]);
+      }
+    } else {
+      roots.push([key, value, 1]);
+    }
+  }
+  for (const [field, value, rootDepth] of roots) {
+    // An explicit stack, because the check must not recurse as deep as the input.
+    const pending: Array<[unknown, number]> = [[value, rootDepth]];
+    while (pending.length > 0) {
+      const [current, depth] = pending.pop()!;
+      if (typeof current !== "object" || current === null) {
+        continue;
+      }
+      if (depth > MAX_FIELD_DEPTH) {
+        throw new InvalidPodError(
+          `pod field ${field} is nested more than ${MAX_FIELD_DEPTH} levels deep`,
+        );
+      }
+      for (const child of Object.values(current)) {
+        pending.push([child, depth + 1]);
+      }
+    }
+  }
 }
 
 function requireObject(value: unknown, field: string): JsonObject {
