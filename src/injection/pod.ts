@@ -41,11 +41,20 @@ export function podAnnotations(
   return isObject(annotations) ? annotations : undefined;
 }
 
-/** Returns a name for logs and messages: the pod's name, or its generateName prefix. */
+// Kubernetes object names have at most 253 characters, but the API server validates the name
+// only after mutating admission, so a longer one can reach the webhook.
+const MAX_DISPLAY_NAME_LENGTH = 253;
+
+/**
+ * Returns a name for logs and messages: the pod's name, or its generateName prefix followed by
+ * `*`. Names longer than Kubernetes allows are cut and end in `...`.
+ */
 export function podDisplayName(pod: unknown): string {
   const metadata = isObject(pod) ? pod.metadata : undefined;
-  return (
+  const name =
     ownString(metadata, "name") ??
-    `${ownString(metadata, "generateName") ?? ""}*`
-  );
+    `${ownString(metadata, "generateName") ?? ""}*`;
+  return name.length > MAX_DISPLAY_NAME_LENGTH
+    ? `${name.slice(0, MAX_DISPLAY_NAME_LENGTH)}...`
+    : name;
 }
