@@ -1,0 +1,36 @@
+import type { InjectionPlan } from "./mutate.js";
+import { renderConfig, type RenderedCluster } from "./render.js";
+import type { InjectionOptions } from "./resolve.js";
+
+/**
+ * Builds the plan for one pod from its resolved options and the clusters they name, in the
+ * order of `options.clusterIds`. The CLOUDHSM_* variables describe the first cluster, and the
+ * config file lists all of them. Throws when `clusters` is empty.
+ */
+export function buildInjectionPlan(
+  options: Pick<InjectionOptions, "configFormat" | "configPath" | "containers">,
+  clusters: readonly RenderedCluster[],
+  hsmCaFile: string,
+): InjectionPlan {
+  const first = clusters[0];
+  if (first === undefined) {
+    throw new RangeError("an injection plan needs at least one cluster");
+  }
+  const plan: {
+    -readonly [K in keyof InjectionPlan]: InjectionPlan[K];
+  } = {
+    clusterId: first.snapshot.clusterId,
+    ips: first.active.map((hsm) => hsm.eniIp!),
+    config: renderConfig(clusters, {
+      format: options.configFormat,
+      hsmCaFile,
+    }),
+  };
+  if (options.configPath !== undefined) {
+    plan.configPath = options.configPath;
+  }
+  if (options.containers !== undefined) {
+    plan.containers = options.containers;
+  }
+  return plan;
+}
