@@ -11,6 +11,8 @@ export interface FlagSpec {
   readonly description: string;
   /** Further environment variables read, in order, after `env`. */
   readonly fallbackEnv?: readonly string[];
+  /** One-letter alias, such as "f" for `-f`. */
+  readonly short?: string;
 }
 
 /** A flag or environment value that cannot be used; the message names it and what is allowed. */
@@ -70,6 +72,10 @@ export const DISCOVERY_FLAGS: readonly FlagSpec[] = [
       "path of the cluster's CA certificate inside application containers",
   }),
 ];
+
+/** Values of --refresh-running, which sets what happens to running pods when addresses change. */
+export const REFRESH_RUNNING_MODES = ["off", "annotate", "restart"] as const;
+export type RefreshRunningMode = (typeof REFRESH_RUNNING_MODES)[number];
 
 /** Flags of `cloudhsm-webhook serve`. */
 export const SERVE_FLAGS: readonly FlagSpec[] = [
@@ -141,6 +147,21 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
       "deadline for one owner or namespace read from the API server, in seconds",
   }),
   flag({
+    name: "refresh-running",
+    kind: "choice",
+    choices: REFRESH_RUNNING_MODES,
+    default: "off",
+    description:
+      "what happens to running injected pods when a cluster's ACTIVE addresses change. annotate rewrites their config annotations, and restart also rolls the workloads that set cloudhsm/auto-restart",
+  }),
+  flag({
+    name: "restart-interval",
+    kind: "seconds",
+    default: "60",
+    description:
+      "seconds between two workload restarts under --refresh-running=restart",
+  }),
+  flag({
     name: "metrics-port",
     kind: "port",
     default: "9090",
@@ -190,6 +211,9 @@ export function readFlags(
     options[spec.name] = {
       type: spec.kind === "boolean" ? "boolean" : "string",
     };
+    if (spec.short !== undefined) {
+      options[spec.name]!.short = spec.short;
+    }
   }
   let parsed;
   try {
@@ -358,6 +382,8 @@ export interface ServeConfig extends DiscoveryConfig {
   readonly onLookupError: "allow" | "deny";
   readonly lookupCacheTtlMs: number;
   readonly lookupTimeoutMs: number;
+  readonly refreshRunning: RefreshRunningMode;
+  readonly restartIntervalMs: number;
   readonly metricsPort: number;
   readonly shutdownDelayMs: number;
   readonly shutdownTimeoutMs: number;
@@ -393,6 +419,12 @@ export function readServeConfig(values: FlagValues): ServeConfig {
     onLookupError: readChoice(values, "on-lookup-error", ["allow", "deny"]),
     lookupCacheTtlMs: readSeconds(values, "lookup-cache-ttl") * 1000,
     lookupTimeoutMs: readSeconds(values, "lookup-timeout") * 1000,
+    refreshRunning: readChoice(
+      values,
+      "refresh-running",
+      REFRESH_RUNNING_MODES,
+    ),
+    restartIntervalMs: readSeconds(values, "restart-interval") * 1000,
     metricsPort: readPort(values, "metrics-port"),
     shutdownDelayMs: readSeconds(values, "shutdown-delay", true) * 1000,
     shutdownTimeoutMs: readSeconds(values, "shutdown-timeout") * 1000,
@@ -413,7 +445,8 @@ export function formatFlagHelp(specs: readonly FlagSpec[]): string {
       const defaults =
         spec.default !== undefined ? ` (default ${spec.default})` : "";
       const envs = [spec.env, ...(spec.fallbackEnv ?? [])].join(", ");
-      return `  --${spec.name}${placeholder}\n      ${spec.description}${defaults}\n      env: ${envs}`;
+      const short = spec.short !== undefined ? `-${spec.short}, ` : "";
+      return `  ${short}--${spec.name}${placeholder}\n      ${spec.description}${defaults}\n      env: ${envs}`;
     })
     .join("\n");
 }

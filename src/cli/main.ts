@@ -1,11 +1,15 @@
 #!/usr/bin/env node
 import { ConfigError } from "../config.js";
+import { runDescribe } from "./describe.js";
+import { runInject } from "./inject.js";
 import { runServe } from "./serve.js";
 
 const USAGE = `Usage: cloudhsm-webhook <command> [flags]
 
 Commands:
   serve      run the mutating admission webhook (HTTPS)
+  inject     inject HSM addresses into the pod templates of manifests, offline
+  describe   print the cluster's HSMs and which addresses pods would get
 
 Run "cloudhsm-webhook <command> --help" for the flags of a command.
 `;
@@ -17,6 +21,8 @@ type Command = (
 
 const COMMANDS: Readonly<Record<string, Command>> = {
   serve: runServe,
+  inject: runInject,
+  describe: runDescribe,
 };
 
 /** Runs one command and returns the process exit status. */

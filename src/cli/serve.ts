@@ -5,6 +5,7 @@ import {
   formatFlagHelp,
   readFlags,
   readServeConfig,
+  type DiscoveryConfig,
   type ServeConfig,
 } from "../config.js";
 import { AwsHsmSource } from "../discovery/aws-source.js";
@@ -13,6 +14,16 @@ import { StaticHsmSource } from "../discovery/static-source.js";
 import type { HsmSource } from "../discovery/types.js";
 import { WorkloadLookup } from "../kube/lookup.js";
 import { createLogger, type Logger } from "../log.js";
+import {
+  WebhookMetrics,
+  startMetricsServer,
+  type MetricsServer,
+} from "../metrics.js";
+import type { RunningPodRefresher } from "../refresh/controller.js";
+import {
+  createRunningPodRefresher,
+  type RefresherSetup,
+} from "../refresh/setup.js";
 import { buildApp, type ReadinessState } from "../server/app.js";
 import { CertificateReloader, loadKeyPair } from "../server/tls.js";
 
@@ -30,18 +41,27 @@ export interface RunningWebhook {
   readonly port: number;
   readonly directory: HsmDirectory;
   readonly readiness: ReadinessState;
+  readonly metrics: WebhookMetrics;
+  /** The running-pod refresher, or undefined under --refresh-running=off. */
+  readonly refresher: RunningPodRefresher | undefined;
+  /** The port of GET /metrics, or undefined when --metrics-port is 0. */
+  readonly metricsPort: number | undefined;
   /** Stops accepting requests, lets in-flight ones finish, and releases timers. */
   close(): Promise<void>;
 }
 
 /** Builds the HSM source: the static file when given, AWS otherwise. */
-export function createSource(config: ServeConfig): HsmSource {
+export function createSource(
+  config: DiscoveryConfig,
+  hooks: { onCall?: (outcome: string, durationMs: number) => void } = {},
+): HsmSource {
   if (config.staticHsms !== undefined) {
     return new StaticHsmSource(config.staticHsms);
   }
   return new AwsHsmSource({
     endpoint: config.awsEndpoint,
     timeoutMs: config.awsTimeoutMs,
+    onCall: hooks.onCall,
   });
 }
 
@@ -52,11 +72,14 @@ export function createSource(config: ServeConfig): HsmSource {
 function createLookup(
   config: ServeConfig,
   logger: Logger,
+  metrics: WebhookMetrics,
 ): WorkloadLookup | undefined {
   try {
     return WorkloadLookup.fromEnvironment({
       cacheTtlSeconds: config.lookupCacheTtlMs / 1000,
       requestTimeoutMs: config.lookupTimeoutMs,
+      onLookup: (kind, outcome, cacheHit) =>
+        metrics.recordLookup(kind, outcome, cacheHit),
     });
   } catch (error) {
     logger.warn(
@@ -74,12 +97,20 @@ export async function startWebhook(
     decide?: Decider;
     lookup?: WorkloadLookup;
     logger?: ReturnType<typeof createLogger>;
+    /** API access, Lease identity and timings of the refresher, for tests. */
+    refresher?: Partial<
+      Pick<RefresherSetup, "kubeConfig" | "identity" | "namespace" | "timings">
+    >;
   } = {},
 ): Promise<RunningWebhook> {
   const logger = overrides.logger ?? createLogger(config.logLevel);
   const tls = await loadKeyPair(config.tlsCert, config.tlsKey);
 
-  const source = createSource(config);
+  const metrics = new WebhookMetrics();
+  const source = createSource(config, {
+    onCall: (outcome, durationMs) =>
+      metrics.recordDescribeClusters(outcome, durationMs),
+  });
   const directory = new HsmDirectory({
     source,
     refreshIntervalMs: config.refreshIntervalMs,
@@ -88,6 +119,7 @@ export async function startWebhook(
     logger,
   });
   directory.watch(config.clusterId, config.region, true);
+  metrics.watchDirectory(directory);
 
   let ready = false;
   directory.on("refresh", (event) => {
@@ -101,9 +133,29 @@ export async function startWebhook(
   });
   const readiness: ReadinessState = { ready: () => ready, draining: false };
 
+  // Built before listening, so a missing API configuration fails the start.
+  let refresher: RunningPodRefresher | undefined;
+  try {
+    refresher =
+      config.refreshRunning === "off"
+        ? undefined
+        : createRunningPodRefresher({
+            mode: config.refreshRunning,
+            directory,
+            hsmCaFile: config.hsmCaFile,
+            restartIntervalMs: config.restartIntervalMs,
+            logger,
+            registry: metrics.registry,
+            ...overrides.refresher,
+          });
+  } catch (error) {
+    directory.stop();
+    throw error;
+  }
+
   const lookup = overrides.decide
     ? undefined
-    : (overrides.lookup ?? createLookup(config, logger));
+    : (overrides.lookup ?? createLookup(config, logger, metrics));
   const defaults = { clusterId: config.clusterId, region: config.region };
   const decide =
     overrides.decide ??
@@ -123,20 +175,44 @@ export async function startWebhook(
     hsmCaFile: config.hsmCaFile,
     onUnavailable: config.onUnavailable,
   });
-  const app = buildApp({ handler, tls, readiness, logger });
+  const app = buildApp({
+    handler,
+    tls,
+    readiness,
+    logger,
+    observer: metrics.observer,
+  });
   const reloader = new CertificateReloader(
     {
       certPath: config.tlsCert,
       keyPath: config.tlsKey,
       target: app.server,
       logger,
+      onReload: (outcome) => metrics.recordCertificateReload(outcome),
     },
     tls,
   );
 
   await app.listen({ port: config.port, host: config.host });
+  let metricsServer: MetricsServer | undefined;
+  if (config.metricsPort !== 0) {
+    try {
+      metricsServer = await startMetricsServer(metrics.registry, {
+        host: config.host,
+        port: config.metricsPort,
+        logger,
+      });
+    } catch (error) {
+      // Usually EADDRINUSE. Nothing has started yet except the HTTPS listener and the caches.
+      await app.close();
+      directory.stop();
+      lookup?.close();
+      throw error;
+    }
+  }
   directory.start();
   reloader.start();
+  refresher?.start();
   const address = app.server.address();
   const port =
     typeof address === "object" && address !== null
@@ -148,6 +224,7 @@ export async function startWebhook(
       clusterId: config.clusterId,
       region: config.region,
       source: config.staticHsms ? "static" : "aws",
+      metricsPort: metricsServer?.port ?? null,
     },
     "cloudhsm-webhook serving",
   );
@@ -156,10 +233,17 @@ export async function startWebhook(
     port,
     directory,
     readiness,
+    metrics,
+    metricsPort: metricsServer?.port,
+    refresher,
     async close() {
       readiness.draining = true;
       reloader.stop();
-      await app.close();
+      await Promise.all([
+        app.close(),
+        metricsServer?.close(),
+        refresher?.stop(),
+      ]);
       directory.stop();
       lookup?.close();
       if (source instanceof AwsHsmSource) {
