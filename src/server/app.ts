@@ -10,6 +10,7 @@ import {
   type AdmissionReview,
 } from "../admission/review.js";
 import { podDisplayName } from "../injection/pod.js";
+import { RepeatLimiter } from "../log.js";
 import { MIN_TLS_VERSION, type KeyPair } from "./tls.js";
 
 /**
@@ -64,6 +65,10 @@ export function buildApp(options: AppOptions) {
     onConstructorPoisoning: "ignore",
   });
   const { observer } = options;
+  // Errors that a client can repeat on every request are logged at most once a minute per
+  // cause, with the count of suppressed repeats. The metrics still count every malformed
+  // request, and every admission still gets its decision line.
+  const repeats = new RepeatLimiter(60_000);
 
   // During shutdown, each response closes its kept-alive connection, so the server can finish
   // once the requests in flight are answered.
@@ -80,10 +85,17 @@ export function buildApp(options: AppOptions) {
   app.setErrorHandler((error: FastifyError, request, reply) => {
     const statusCode = clientErrorStatus(error);
     if (statusCode === undefined) {
-      request.log.error(
-        { err: error.message, url: request.url },
-        "request failed",
-      );
+      const suppressed = repeats.admit(`failed|${error.message}`);
+      if (suppressed !== undefined) {
+        request.log.error(
+          {
+            err: error.message,
+            url: request.url,
+            suppressedRepeats: suppressed,
+          },
+          "request failed",
+        );
+      }
       void reply.code(500).send({
         error: "Internal Server Error",
         message: "internal error; see the webhook logs",
@@ -91,10 +103,21 @@ export function buildApp(options: AppOptions) {
       return;
     }
     observer?.badRequest?.(statusCode);
-    request.log.warn(
-      { statusCode, err: error.message, url: request.url },
-      "rejected a malformed request",
+    // Keyed by the error code, because parser messages differ in positions and values.
+    const suppressed = repeats.admit(
+      `malformed|${statusCode}|${error.code ?? error.name}`,
     );
+    if (suppressed !== undefined) {
+      request.log.warn(
+        {
+          statusCode,
+          err: error.message,
+          url: request.url,
+          suppressedRepeats: suppressed,
+        },
+        "rejected a malformed request",
+      );
+    }
     void reply
       .code(statusCode)
       .send({ error: statusText(statusCode), message: error.message });
@@ -125,10 +148,14 @@ export function buildApp(options: AppOptions) {
       response = result.response;
     } catch (error) {
       // A fault in the webhook must still produce an answer the API server understands.
-      log.error(
-        { err: (error as Error).message },
-        "admission failed with an internal error",
-      );
+      const message = (error as Error).message;
+      const suppressed = repeats.admit(`internal|${message}`);
+      if (suppressed !== undefined) {
+        log.error(
+          { err: message, suppressedRepeats: suppressed },
+          "admission failed with an internal error",
+        );
+      }
       response = deny(
         admission.uid,
         "internal error in cloudhsm-webhook; see its logs",
