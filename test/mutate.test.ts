@@ -248,8 +248,8 @@ function podWithEnvReferences(): JsonObject {
       containers: [
         container("web", {
           env: [
-            { name: "HSM_ENDPOINT", value: "$(CLOUDHSM_HSM_IP):2223" },
             { name: "CLOUDHSM_HSM_IP", value: "10.0.9.9" },
+            { name: "HSM_ENDPOINT", value: "$(CLOUDHSM_HSM_IP):2223" },
             { name: "HSM_LIST", value: "$(CLOUDHSM_HSM_IPS)" },
           ],
         }),
@@ -437,6 +437,13 @@ function envNames(entry: JsonObject): string[] {
   return listOf(entry, "env").map((variable) => String(variable.name));
 }
 
+/** Returns the webhook's variables of a container, in the order of OWNED_ENV_NAMES. */
+function ownedEnv(entry: JsonObject): JsonObject[] {
+  return OWNED_ENV_NAMES.flatMap((name) =>
+    listOf(entry, "env").filter((variable) => variable.name === name),
+  );
+}
+
 function userEnv(entry: JsonObject): JsonObject[] {
   return listOf(entry, "env").filter(
     (variable) => !OWNED_ENV_NAMES.includes(String(variable.name)),
@@ -473,7 +480,7 @@ function expectInjected(original: JsonObject, injected: JsonObject): void {
 
   for (const entry of allContainers(injected)) {
     const before = containerNamed(original, String(entry.name));
-    expect(listOf(entry, "env").slice(0, 4)).toEqual(EXPECTED_ENV);
+    expect(ownedEnv(entry)).toEqual(EXPECTED_ENV);
     expect(duplicates(envNames(entry))).toEqual([]);
     // A JSONPatch may rewrite a moved entry key by key; its value stays the same.
     expect(userEnv(entry)).toEqual(userEnv(before));
@@ -550,11 +557,16 @@ describe("injectPod env", () => {
     const { pod: injected } = runInjection(stalePod(), PLAN, NOW);
     const web = containerNamed(injected, "web");
 
-    expect(listOf(web, "env")).toEqual([
-      ...EXPECTED_ENV,
-      { name: "LISTEN_ADDR", value: ":8080" },
-      { name: "LOG_LEVEL", value: "debug" },
+    // Existing variables are replaced in place and their duplicates dropped.
+    expect(envNames(web)).toEqual([
+      "CLOUDHSM_CLUSTER_ID",
+      "CLOUDHSM_HSM_IPS",
+      "LISTEN_ADDR",
+      "CLOUDHSM_HSM_IP",
+      "CLOUDHSM_CONFIG_FILE",
+      "LOG_LEVEL",
     ]);
+    expect(ownedEnv(web)).toEqual(EXPECTED_ENV);
   });
 
   it("drops valueFrom of stale variable", () => {
@@ -575,18 +587,29 @@ describe("injectPod env", () => {
     );
   });
 
-  it("puts references after their targets", () => {
+  it("keeps a declared variable before its references", () => {
     const { pod: injected } = runInjection(podWithEnvReferences(), PLAN, NOW);
     const names = envNames(containerNamed(injected, "web"));
 
     expect(names).toEqual([
-      "CLOUDHSM_CLUSTER_ID",
-      "CLOUDHSM_HSM_IPS",
       "CLOUDHSM_HSM_IP",
-      "CLOUDHSM_CONFIG_FILE",
       "HSM_ENDPOINT",
       "HSM_LIST",
+      "CLOUDHSM_CLUSTER_ID",
+      "CLOUDHSM_HSM_IPS",
+      "CLOUDHSM_CONFIG_FILE",
     ]);
+  });
+
+  it("appends missing variables after user entries", () => {
+    const { pod: injected } = runInjection(typicalPod(), PLAN, NOW);
+    const web = containerNamed(injected, "web");
+    const names = envNames(web);
+
+    expect(names.slice(-4)).toEqual(OWNED_ENV_NAMES);
+    expect(userEnv(web)).toEqual(
+      listOf(containerNamed(typicalPod(), "web"), "env"),
+    );
   });
 
   it("keeps valueFrom and envFrom of user entries", () => {
@@ -625,7 +648,7 @@ describe("injectPod containers", () => {
     const { pod: injected } = runInjection(podWithSidecars(), PLAN, NOW);
     const sidecar = containerNamed(injected, "log-shipper");
 
-    expect(listOf(sidecar, "env").slice(0, 4)).toEqual(EXPECTED_ENV);
+    expect(ownedEnv(sidecar)).toEqual(EXPECTED_ENV);
     expect(sidecar.restartPolicy).toBe("Always");
     expect(configMounts(sidecar)).toEqual([EXPECTED_MOUNT]);
   });
@@ -663,7 +686,7 @@ describe("injectPod containers", () => {
     const paths = patch.map((operation) => operation.path);
 
     for (const entry of allContainers(injected)) {
-      expect(envNames(entry)).toEqual([...OWNED_ENV_NAMES, "WORKER_INDEX"]);
+      expect(envNames(entry)).toEqual(["WORKER_INDEX", ...OWNED_ENV_NAMES]);
     }
     expect(paths.some((path) => path.startsWith("/spec/containers/11/"))).toBe(
       true,
@@ -676,9 +699,7 @@ describe("injectPod containers", () => {
     const { pod: injected, result } = runInjection(original, plan, NOW);
 
     expect(result.injectedContainers).toEqual(["web"]);
-    expect(listOf(containerNamed(injected, "web"), "env").slice(0, 4)).toEqual(
-      EXPECTED_ENV,
-    );
+    expect(ownedEnv(containerNamed(injected, "web"))).toEqual(EXPECTED_ENV);
     expect(JSON.stringify(containerNamed(injected, "metrics"))).toBe(
       JSON.stringify(containerNamed(original, "metrics")),
     );
@@ -893,7 +914,7 @@ describe("injectPod reinvocation", () => {
     const plan = { ...PLAN, ips: ["10.0.3.7"] };
 
     const second = runInjection(injected, plan, LATER);
-    const env = listOf(containerNamed(second.pod, "web"), "env");
+    const env = ownedEnv(containerNamed(second.pod, "web"));
 
     expect(env[1]).toEqual({ name: "CLOUDHSM_HSM_IPS", value: "10.0.3.7" });
     expect(env[2]).toEqual({ name: "CLOUDHSM_HSM_IP", value: "10.0.3.7" });
@@ -930,7 +951,7 @@ describe("injectPod mounts", () => {
       expect(listOf(web, "volumeMounts")).toEqual([
         { name: "hsm-files", mountPath },
       ]);
-      expect(listOf(web, "env").slice(0, 4)).toEqual(EXPECTED_ENV);
+      expect(ownedEnv(web)).toEqual(EXPECTED_ENV);
       expect(result.warnings).toHaveLength(1);
       expect(result.warnings[0]).toContain('container "web"');
       expect(result.warnings[0]).toContain('volume "hsm-files"');
@@ -1040,7 +1061,7 @@ describe("injectPod mounts", () => {
           subPath: "cloudhsm.cfg",
         },
       ]);
-      expect(listOf(entry, "env")[3]).toEqual({
+      expect(ownedEnv(entry)[3]).toEqual({
         name: "CLOUDHSM_CONFIG_FILE",
         value: CONFIG_PATH,
       });

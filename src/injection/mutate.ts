@@ -294,9 +294,11 @@ function setStringEntry(
 }
 
 /**
- * Puts the webhook's variables first, in a fixed order, and keeps every other entry in its
- * order. First place lets later entries refer to them with `$(CLOUDHSM_HSM_IP)`, and replacing
- * same-named entries removes stale addresses that a manifest or an older injection left.
+ * Sets the webhook's variables and keeps every other entry where it is. A variable that already
+ * exists is replaced in place, which removes stale addresses and lets entries after it refer to
+ * it with `$(CLOUDHSM_HSM_IP)`; later entries of the same name are dropped. Missing variables are
+ * appended in a fixed order. No user entry moves, so the JSONPatch stays a few operations long
+ * whatever the length of the list.
  */
 function setEnv(
   container: Container,
@@ -308,39 +310,39 @@ function setEnv(
       `env of container "${String(container.name)}" must be a list`,
     );
   }
-  const kept = current.filter(
-    (entry) =>
-      !(
-        isObject(entry) &&
-        typeof entry.name === "string" &&
-        OWNED_ENV.has(entry.name)
-      ),
-  );
-  const next: unknown[] = [
-    ...vars.map(([name, value]) => ({ name, value })),
-    ...kept,
-  ];
-
-  const unchanged =
-    next.length === current.length &&
-    next.every((entry, index) => {
-      const before: unknown = current[index];
-      if (index >= vars.length) {
-        return entry === before;
-      }
-      const [name, value] = vars[index]!;
-      return (
-        isObject(before) &&
-        before.name === name &&
-        before.value === value &&
-        Object.keys(before).length === 2
-      );
-    });
-  if (unchanged) {
-    return false;
+  const wanted = new Map(vars);
+  const placed = new Set<string>();
+  const next: unknown[] = [];
+  let changed = false;
+  for (const entry of current) {
+    const name =
+      isObject(entry) && typeof entry.name === "string"
+        ? entry.name
+        : undefined;
+    const value = name === undefined ? undefined : wanted.get(name);
+    if (name === undefined || value === undefined) {
+      next.push(entry);
+    } else if (placed.has(name)) {
+      changed = true;
+    } else {
+      placed.add(name);
+      const current = entry as JsonObject;
+      const exact =
+        current.value === value && Object.keys(current).length === 2;
+      next.push(exact ? entry : { name, value });
+      changed ||= !exact;
+    }
   }
-  container.env = next;
-  return true;
+  for (const [name, value] of vars) {
+    if (!placed.has(name)) {
+      next.push({ name, value });
+      changed = true;
+    }
+  }
+  if (changed) {
+    container.env = next;
+  }
+  return changed;
 }
 
 interface MountOutcome {
