@@ -1,4 +1,5 @@
 import { performance } from "node:perf_hooks";
+import type { Duplex } from "node:stream";
 import Fastify, { LogController, type FastifyError } from "fastify";
 import type { Logger as PinoLogger } from "pino";
 import type { AdmissionHandler, HandlerResult } from "../admission/handler.js";
@@ -63,6 +64,10 @@ export function buildApp(options: AppOptions) {
     // properties, and the code reads them only through own-property checks.
     onProtoPoisoning: "ignore",
     onConstructorPoisoning: "ignore",
+    // kube-apiserver gives up on a webhook after at most 30 seconds, so a request still unread
+    // by then only holds a connection and up to BODY_LIMIT_BYTES of buffered body.
+    requestTimeout: REQUEST_TIMEOUT_MS,
+    clientErrorHandler: answerClientError,
   });
   const { observer } = options;
   // Errors that a client can repeat on every request are logged at most once a minute per
@@ -139,7 +144,7 @@ export function buildApp(options: AppOptions) {
     const started = performance.now();
     const review: AdmissionReview = parseAdmissionReview(request.body);
     const { request: admission } = review;
-    const log = request.log.child({ uid: admission.uid });
+    const log = request.log.child({ uid: shorten(admission.uid) });
 
     let result: HandlerResult | undefined;
     let response;
@@ -166,7 +171,10 @@ export function buildApp(options: AppOptions) {
     observer?.admission?.(result, seconds);
     log.info(
       {
-        namespace: admission.namespace,
+        namespace:
+          admission.namespace === undefined
+            ? undefined
+            : shorten(admission.namespace),
         pod: podDisplayName(admission.object),
         operation: admission.operation,
         dryRun: admission.dryRun,
@@ -196,9 +204,53 @@ function clientErrorStatus(error: FastifyError): number | undefined {
   return undefined;
 }
 
+// The API server sends a UUID and an existing namespace; only a client that reaches the
+// Service directly can send longer values, and those must not bloat every log line.
+const MAX_LOGGED_ID_LENGTH = 253;
+
+function shorten(value: string): string {
+  return value.length > MAX_LOGGED_ID_LENGTH
+    ? `${value.slice(0, MAX_LOGGED_ID_LENGTH)}...`
+    : value;
+}
+
+const CLIENT_ERROR_STATUS: Readonly<Record<string, number>> = {
+  HPE_HEADER_OVERFLOW: 431,
+  ERR_HTTP_REQUEST_TIMEOUT: 408,
+};
+
+/** Time limit for receiving one whole request, headers and body. */
+export const REQUEST_TIMEOUT_MS = 30_000;
+
+/**
+ * Answers a request that Node's HTTP parser rejected, before fastify sees it, with a status and
+ * a message that names the parser error, then closes the connection.
+ */
+function answerClientError(error: Error, socket: Duplex): void {
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const statusCode =
+    CLIENT_ERROR_STATUS[(error as NodeJS.ErrnoException).code ?? ""] ?? 400;
+  const body = JSON.stringify({
+    error: statusText(statusCode),
+    message: `malformed HTTP request: ${error.message}`,
+  });
+  socket.end(
+    `HTTP/1.1 ${statusCode} ${statusText(statusCode)}\r\n` +
+      "Content-Type: application/json\r\n" +
+      `Content-Length: ${Buffer.byteLength(body)}\r\n` +
+      "Connection: close\r\n\r\n" +
+      body,
+  );
+}
+
 function statusText(statusCode: number): string {
   const texts: Record<number, string> = {
     400: "Bad Request",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
     404: "Not Found",
     405: "Method Not Allowed",
     413: "Payload Too Large",
