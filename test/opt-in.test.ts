@@ -14,12 +14,19 @@ import {
 
 const NAMESPACE = "shop";
 const OTHER_CLUSTER = "cluster-zyxwvutsrq7";
+const DEGRADED_CLUSTER = "cluster-degradedabc2";
 
 let kube: FakeKubeApi;
 let harness: Harness | undefined;
 
 const clusters = {
   Clusters: [
+    {
+      ClusterId: DEGRADED_CLUSTER,
+      Hsms: [
+        { HsmId: "hsm-degradedabc2", EniIp: "10.7.0.1", State: "DEGRADED" },
+      ],
+    },
     {
       ClusterId: TEST_CLUSTER_ID,
       Hsms: [{ HsmId: "hsm-abcdefghij2", EniIp: "10.0.2.40", State: "ACTIVE" }],
@@ -212,6 +219,40 @@ describe("options from the chain", () => {
     ).toEqual([OTHER_CLUSTER, TEST_CLUSTER_ID]);
     expect(patched.metadata.annotations["cloudhsm/injected-ips"]).toBe(
       "10.9.0.7",
+    );
+  });
+
+  test("second cluster without ACTIVE HSMs is left out with a warning", async () => {
+    const webhook = await serve();
+    const pod = deploymentPod({
+      "cloudhsm/inject": "true",
+      "cloudhsm/cluster-id": `${TEST_CLUSTER_ID},${DEGRADED_CLUSTER}`,
+    });
+    const outcome = await webhook.admit(pod, { namespace: NAMESPACE });
+    expect(outcome.response.allowed).toBe(true);
+    const config = JSON.parse(
+      outcome.pod.metadata.annotations["cloudhsm/config"],
+    );
+    expect(
+      config.clusters.map((entry: any) => entry.cluster.cluster_id),
+    ).toEqual([TEST_CLUSTER_ID]);
+    expect(outcome.response.warnings.join("\n")).toMatch(
+      new RegExp(
+        `cluster ${DEGRADED_CLUSTER} in us-east-1 has no ACTIVE HSM \\(1 DEGRADED\\); it was left out`,
+      ),
+    );
+  });
+
+  test("first cluster without ACTIVE HSMs denies the pod", async () => {
+    const webhook = await serve();
+    const pod = deploymentPod({
+      "cloudhsm/inject": "true",
+      "cloudhsm/cluster-id": `${DEGRADED_CLUSTER},${TEST_CLUSTER_ID}`,
+    });
+    const outcome = await webhook.admit(pod, { namespace: NAMESPACE });
+    expect(outcome.response.allowed).toBe(false);
+    expect(outcome.response.status.message).toMatch(
+      /has no ACTIVE HSM \(1 DEGRADED\)/,
     );
   });
 

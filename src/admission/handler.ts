@@ -31,6 +31,31 @@ export interface LookupFailed {
   readonly warnings: readonly string[];
 }
 
+/**
+ * Picks the clusters to write into the config. The first cluster must be usable, because the
+ * CLOUDHSM_* variables describe it. A further cluster of a multi-cluster config that has no
+ * ACTIVE HSM is left out with a warning, so one cluster in replacement does not block pods
+ * that can reach another; any other failure applies the unavailable policy.
+ */
+function usableClusters(
+  clusters: readonly Availability[],
+):
+  | { clusters: CachedCluster[]; warnings: string[] }
+  | { failure: Exclude<Availability, { ok: true }> } {
+  const usable: CachedCluster[] = [];
+  const warnings: string[] = [];
+  for (const [index, availability] of clusters.entries()) {
+    if (availability.ok) {
+      usable.push(availability.cluster);
+    } else if (index > 0 && availability.reason === "no-active") {
+      warnings.push(`${availability.message}; it was left out of the config`);
+    } else {
+      return { failure: availability };
+    }
+  }
+  return { clusters: usable, warnings };
+}
+
 function isLookupFailed(decision: object): decision is LookupFailed {
   return "lookupFailed" in decision;
 }
@@ -114,13 +139,11 @@ export class AdmissionHandler {
     const { options } = decision;
 
     const clusters = await this.#lookUp(options);
-    const failure = clusters.find((availability) => !availability.ok);
-    if (failure && !failure.ok) {
-      return this.#unavailable(uid, options, failure, decision.warnings);
+    const usable = usableClusters(clusters);
+    if ("failure" in usable) {
+      return this.#unavailable(uid, options, usable.failure, decision.warnings);
     }
-    const cached = clusters.map(
-      (availability) => (availability as { cluster: CachedCluster }).cluster,
-    );
+    const cached = usable.clusters;
 
     const plan = this.#plan(options, cached);
     const original = ownedView(pod);
@@ -144,7 +167,11 @@ export class AdmissionHandler {
     }
 
     const patch = result.changed ? diffPods(original, mutated) : [];
-    const warnings = [...decision.warnings, ...result.warnings];
+    const warnings = [
+      ...decision.warnings,
+      ...usable.warnings,
+      ...result.warnings,
+    ];
     return {
       response: allowWithPatch(uid, patch, warnings),
       outcome: patch.length > 0 ? "injected" : "unchanged",
