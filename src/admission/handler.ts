@@ -35,7 +35,7 @@ export interface LookupFailed {
  * Picks the clusters to write into the config. The first cluster must be usable, because the
  * CLOUDHSM_* variables describe it. A further cluster of a multi-cluster config that has no
  * ACTIVE HSM is left out with a warning, so one cluster in replacement does not block pods
- * that can reach another; any other failure applies the unavailable policy.
+ * that can reach another. Any other failure applies the unavailable policy.
  */
 function usableClusters(
   clusters: readonly Availability[],
@@ -96,7 +96,8 @@ const RENDER_CACHE_LIMIT = 256;
 /**
  * Handles AdmissionRequests for pods in a fixed order of steps: filter, decide, look up HSMs,
  * render, mutate a copy, diff. It performs no I/O of its own beyond the directory and the
- * decider, and never throws for a request it can parse.
+ * decider. Expected failures become AdmissionResponses; the server turns anything else into a
+ * denial with code 500.
  */
 export class AdmissionHandler {
   readonly #options: HandlerOptions;

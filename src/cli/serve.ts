@@ -67,7 +67,7 @@ export function createSource(
 
 /**
  * Connects to the API server for owner and namespace lookups: in-cluster config, or KUBECONFIG
- * outside a cluster. Without either, only pod annotations opt pods in, and a warning says so.
+ * outside a cluster. Without either, only pod annotations opt pods in, and a warning is logged.
  */
 function createLookup(
   config: ServeConfig,
@@ -296,8 +296,8 @@ export async function runServe(
         process.exit(1);
       }, config.shutdownTimeoutMs);
       forced.unref();
-      // Requests keep arriving until every API server sees the endpoint go; the listener stays
-      // open for the delay, then closes and waits for what is in flight.
+      // Requests keep arriving until every API server has dropped the endpoint, so the listener
+      // stays open for the delay, then closes and waits for what is in flight.
       delay(config.shutdownDelayMs)
         .then(() => webhook.close())
         .then(

@@ -57,15 +57,15 @@ export function buildApp(options: AppOptions) {
     bodyLimit: BODY_LIMIT_BYTES,
     // One decision line per admission replaces fastify's request and response lines.
     logController: new LogController({ disableRequestLogging: true }),
-    // Requests that arrive on kept-alive connections during shutdown are still answered, so
-    // an API server that has not yet seen the endpoint go away loses none.
+    // Requests that arrive on kept-alive connections during shutdown are still served, so an
+    // API server that has not yet dropped the endpoint loses none.
     return503OnClosing: false,
     // Annotation and env keys such as "__proto__" are data here. JSON.parse stores them as own
     // properties, and the code reads them only through own-property checks.
     onProtoPoisoning: "ignore",
     onConstructorPoisoning: "ignore",
     // kube-apiserver gives up on a webhook after at most 30 seconds, so a request still unread
-    // by then only holds a connection and up to BODY_LIMIT_BYTES of buffered body.
+    // by then only ties up a connection and up to BODY_LIMIT_BYTES of buffered body.
     requestTimeout: REQUEST_TIMEOUT_MS,
     clientErrorHandler: answerClientError,
   });
@@ -76,7 +76,7 @@ export function buildApp(options: AppOptions) {
   const repeats = new RepeatLimiter(60_000);
 
   // During shutdown, each response closes its kept-alive connection, so the server can finish
-  // once the requests in flight are answered.
+  // once the requests in flight are done.
   let closing = false;
   app.addHook("preClose", async () => {
     closing = true;
@@ -152,7 +152,7 @@ export function buildApp(options: AppOptions) {
       result = await options.handler.handle(admission);
       response = result.response;
     } catch (error) {
-      // A fault in the webhook must still produce an answer the API server understands.
+      // A fault in the webhook must still produce a response the API server understands.
       const message = (error as Error).message;
       const suppressed = repeats.admit(`internal|${message}`);
       if (suppressed !== undefined) {
@@ -204,7 +204,7 @@ function clientErrorStatus(error: FastifyError): number | undefined {
   return undefined;
 }
 
-// The API server sends a UUID and an existing namespace; only a client that reaches the
+// The API server sends a UUID and an existing namespace. Only a client that reaches the
 // Service directly can send longer values, and those must not bloat every log line.
 const MAX_LOGGED_ID_LENGTH = 253;
 
