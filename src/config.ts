@@ -131,7 +131,7 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
     choices: ["allow", "deny"],
     default: "allow",
     description:
-      "when an owner or namespace lookup fails for a pod that does not opt in itself",
+      "when owner or namespace annotations cannot be read: allow the pod (injected with its own options if it opts in itself, otherwise uninjected) with a warning, or deny it",
   }),
   flag({
     name: "lookup-cache-ttl",

@@ -397,7 +397,22 @@ describe("lookup failures", () => {
     kube.fail("ReplicaSet", NAMESPACE, "checkout-7d9f8c6b5", "Forbidden");
     const outcome = await webhook.admit(pod, { namespace: NAMESPACE });
     expect(outcome.response.allowed).toBe(false);
+    expect(outcome.response.status.code).toBe(503);
     expect(outcome.response.status.message).toMatch(/forbidden/i);
+    const line = webhook.logs.find(
+      (entry) =>
+        entry.uid === outcome.response.uid &&
+        entry.msg === "admission decision",
+    );
+    expect(line?.reason).toBe("lookup-failed");
+  });
+
+  test("on-lookup-error deny also rejects a pod that opts in itself", async () => {
+    const webhook = await serve(["--on-lookup-error=deny"]);
+    const pod = deploymentPod({}, { "cloudhsm/inject": "true" });
+    kube.fail("ReplicaSet", NAMESPACE, "checkout-7d9f8c6b5", "Forbidden");
+    const outcome = await webhook.admit(pod, { namespace: NAMESPACE });
+    expect(outcome.response.allowed).toBe(false);
   });
 
   test("owner deleted mid-rollout still injects an opted-in pod", async () => {

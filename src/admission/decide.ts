@@ -59,7 +59,7 @@ export function podDecider(defaults: ResolveDefaults): Decider {
 export interface ChainDeciderOptions {
   readonly reader: ChainReader;
   readonly defaults: ResolveDefaults;
-  /** Policy for a pod that does not opt in itself when its owners cannot be read. */
+  /** Policy when the owners or the namespace cannot be read: allow with a warning, or deny. */
   readonly onLookupError: "allow" | "deny";
   readonly logger: Logger;
   /** Called once per failed lookup, for metrics. */
@@ -126,7 +126,10 @@ function lookupFailure(
   const optsInItself = own.annotations?.[INJECT_ANNOTATION] === "true";
   if (options.onLookupError === "deny") {
     return {
-      error: `cloudhsm-webhook could not read the pod's owners or namespace (${cause}); retry, or grant the webhook get on them`,
+      inject: false,
+      lookupFailed: true,
+      deny: `cloudhsm-webhook could not read the pod's owners or namespace (${cause}); retry, or grant the webhook get on them`,
+      warnings: [],
     };
   }
   if (optsInItself) {

@@ -24,10 +24,12 @@ import {
   type AdmissionResponse,
 } from "./review.js";
 
-/** A pod left uninjected because its owners or namespace could not be read. */
+/** A pod left uninjected, or denied, because its owners or namespace could not be read. */
 export interface LookupFailed {
   readonly inject: false;
   readonly lookupFailed: true;
+  /** The rejection message under `--on-lookup-error deny`; the pod is admitted without it. */
+  readonly deny?: string;
   readonly warnings: readonly string[];
 }
 
@@ -124,6 +126,14 @@ export class AdmissionHandler {
       };
     }
     if (isLookupFailed(decision)) {
+      if (decision.deny !== undefined) {
+        // 503, because the API server or its permissions failed, not the pod's creator.
+        return {
+          response: deny(uid, decision.deny, 503),
+          outcome: "denied",
+          reason: "lookup-failed",
+        };
+      }
       return {
         response: allow(uid, decision.warnings),
         outcome: "skipped",
