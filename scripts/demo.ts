@@ -25,6 +25,7 @@ const EXAMPLES = [
   "web-deployment.yaml",
   "java-sidecar-deployment.yaml",
   "batch-job.yaml",
+  "deployment-sdk5-config-path.yaml",
   "not-opted-in.yaml",
 ];
 const CLUSTER_ID = "cluster-demo2xampl3abc";
@@ -181,7 +182,13 @@ function printInjectedPod(pod: Json, patch: string): void {
     true,
     false,
   ).newDocument as Json;
-  console.log(`   patch: ${operations.length} JSONPatch operations`);
+  const { labels, annotations } = injected.metadata;
+  console.log(
+    `   patch: ${operations.length} JSONPatch operations; label cloudhsm/injected=${labels["cloudhsm/injected"]}`,
+  );
+  console.log(
+    `   annotations: cloudhsm/injected-ips=${annotations["cloudhsm/injected-ips"]}, cloudhsm/injected-at=${annotations["cloudhsm/injected-at"]}`,
+  );
 
   const containers: Json[] = [
     ...(injected.spec.initContainers ?? []),

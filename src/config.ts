@@ -224,9 +224,13 @@ export function readFlags(
       strict: true,
     });
   } catch (error) {
-    throw new ConfigError(
-      `${(error as Error).message}; run with --help for the list of flags`,
-    );
+    // parseArgs suggests "--" for positionals, which no command takes, so unknown flags get a
+    // message of their own.
+    const unknown = /Unknown option '([^']+)'/.exec((error as Error).message);
+    const problem = unknown
+      ? `unknown flag ${unknown[1]}`
+      : (error as Error).message;
+    throw new ConfigError(`${problem}; run with --help for the list of flags`);
   }
   const values: Record<string, string | undefined> = {};
   for (const spec of specs) {

@@ -157,7 +157,7 @@ describe("readFlags precedence", () => {
   it("rejects unknown flag", () => {
     const error = configError(() => readFlags(SERVE_FLAGS, ["--prot=1"], {}));
 
-    expect(error.message).toContain("--prot");
+    expect(error.message).toContain("unknown flag --prot");
     expect(error.message).toContain("--help");
   });
 

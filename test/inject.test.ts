@@ -674,7 +674,7 @@ describe("inject errors", () => {
     ],
     [
       ["-f", "x.yaml", ...STATIC_FLAGS, "--replicas=3"],
-      "Unknown option '--replicas'",
+      "unknown flag --replicas",
     ],
     [["x.yaml", ...STATIC_FLAGS], 'unexpected argument "x.yaml"'],
   ])("rejects flags %j", async (args, message) => {

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { readFileSync } from "node:fs";
 import { ConfigError } from "../config.js";
 import { runDescribe } from "./describe.js";
 import { runInject } from "./inject.js";
@@ -11,7 +12,8 @@ Commands:
   inject     inject HSM addresses into the pod templates of manifests, offline
   describe   print the cluster's HSMs and which addresses pods would get
 
-Run "cloudhsm-webhook <command> --help" for the flags of a command.
+Run "cloudhsm-webhook <command> --help" for the flags of a command, and
+"cloudhsm-webhook --version" for the version.
 `;
 
 type Command = (
@@ -24,6 +26,22 @@ const COMMANDS: Readonly<Record<string, Command>> = {
   inject: runInject,
   describe: runDescribe,
 };
+
+/** Reads the version from package.json, which sits two folders above src/cli in both layouts. */
+function packageVersion(): string {
+  for (const relative of ["../../package.json", "../../../package.json"]) {
+    try {
+      const text = readFileSync(new URL(relative, import.meta.url), "utf8");
+      const parsed = JSON.parse(text) as { name?: string; version?: string };
+      if (parsed.name === "cloudhsm-webhook" && parsed.version) {
+        return parsed.version;
+      }
+    } catch {
+      // Not at this level: the built layout has one more folder (dist/).
+    }
+  }
+  return "unknown";
+}
 
 /** Runs one command and returns the process exit status. */
 export async function main(
@@ -39,6 +57,10 @@ export async function main(
   ) {
     process.stdout.write(USAGE);
     return name === undefined ? 2 : 0;
+  }
+  if (name === "--version" || name === "version") {
+    process.stdout.write(`cloudhsm-webhook ${packageVersion()}\n`);
+    return 0;
   }
   const command = Object.prototype.hasOwnProperty.call(COMMANDS, name)
     ? COMMANDS[name]
