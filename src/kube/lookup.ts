@@ -12,11 +12,9 @@ import {
   BatchV1Api,
   CoreV1Api,
   KubeConfig,
-  Observable,
-  type ConfigurationOptions,
-  type ObservableMiddleware,
   type V1ObjectMeta,
 } from "@kubernetes/client-node";
+import { abortOptions } from "./abort.js";
 import NodeCache from "node-cache";
 import type { AnnotationSource } from "../injection/resolve.js";
 
@@ -479,24 +477,6 @@ export class WorkloadLookup {
         return (await this.#core.readNamespace({ name }, options)).metadata;
     }
   }
-}
-
-/**
- * Per-request options that attach an abort signal. The object-parameter API classes of
- * client-node 1.4 take Observable-style middleware, and "append" keeps the configured
- * authentication in place.
- */
-function abortOptions(
-  signal: AbortSignal,
-): ConfigurationOptions<ObservableMiddleware> {
-  const setSignal: ObservableMiddleware = {
-    pre: (context) => {
-      context.setSignal(signal);
-      return new Observable(Promise.resolve(context));
-    },
-    post: (response) => new Observable(Promise.resolve(response)),
-  };
-  return { middleware: [setSignal], middlewareMergeStrategy: "append" };
 }
 
 /**

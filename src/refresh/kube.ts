@@ -7,7 +7,6 @@ import {
   AppsV1Api,
   CoordinationV1Api,
   CoreV1Api,
-  Observable,
   PatchStrategy,
   V1MicroTime,
   setHeaderOptions,
@@ -16,6 +15,7 @@ import {
   type ObservableMiddleware,
   type V1Lease,
 } from "@kubernetes/client-node";
+import { abortOptions } from "../kube/abort.js";
 import { LABEL_INJECTED } from "../injection/mutate.js";
 import { isObject, type JsonObject } from "../injection/pod.js";
 
@@ -404,20 +404,6 @@ export class KubeClient implements RefreshKube {
       signal?.removeEventListener("abort", onAbort);
     }
   }
-}
-
-/** Per-request options that attach an abort signal, keeping the configured authentication. */
-function abortOptions(
-  signal: AbortSignal,
-): ConfigurationOptions<ObservableMiddleware> {
-  const setSignal: ObservableMiddleware = {
-    pre: (context) => {
-      context.setSignal(signal);
-      return new Observable(Promise.resolve(context));
-    },
-    post: (response) => new Observable(Promise.resolve(response)),
-  };
-  return { middleware: [setSignal], middlewareMergeStrategy: "append" };
 }
 
 function toRequestError(
