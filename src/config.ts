@@ -13,6 +13,8 @@ export interface FlagSpec {
   readonly fallbackEnv?: readonly string[];
   /** One-letter alias, such as "f" for `-f`. */
   readonly short?: string;
+  /** Shown as "(required)" in --help; the command's reader enforces it. */
+  readonly required?: boolean;
 }
 
 /** A flag or environment value that cannot be used; the message names it and what is allowed. */
@@ -35,12 +37,14 @@ function flag(spec: Omit<FlagSpec, "env"> & { env?: string }): FlagSpec {
 export const DISCOVERY_FLAGS: readonly FlagSpec[] = [
   flag({
     name: "cluster-id",
+    required: true,
     kind: "string",
     description:
       "CloudHSM cluster id used when a pod names none (cluster-xxxxxxxxxxx)",
   }),
   flag({
     name: "region",
+    required: true,
     kind: "string",
     fallbackEnv: ["AWS_REGION", "AWS_DEFAULT_REGION"],
     description: "AWS region of the default cluster",
@@ -93,12 +97,14 @@ export const SERVE_FLAGS: readonly FlagSpec[] = [
   }),
   flag({
     name: "tls-cert",
+    required: true,
     kind: "string",
     description:
       "PEM serving certificate (chain); reloaded when the file changes",
   }),
   flag({
     name: "tls-key",
+    required: true,
     kind: "string",
     description: "PEM private key of the serving certificate; reloaded with it",
   }),
@@ -436,6 +442,13 @@ export function readServeConfig(values: FlagValues): ServeConfig {
   };
 }
 
+function defaultNote(spec: FlagSpec): string {
+  if (spec.default !== undefined) {
+    return ` (default ${spec.default})`;
+  }
+  return spec.required ? " (required)" : "";
+}
+
 /** Formats the flag table for --help: flag, environment variable, default and meaning. */
 export function formatFlagHelp(specs: readonly FlagSpec[]): string {
   return specs
@@ -446,8 +459,7 @@ export function formatFlagHelp(specs: readonly FlagSpec[]): string {
           : spec.choices
             ? ` ${spec.choices.join("|")}`
             : " VALUE";
-      const defaults =
-        spec.default !== undefined ? ` (default ${spec.default})` : "";
+      const defaults = defaultNote(spec);
       const envs = [spec.env, ...(spec.fallbackEnv ?? [])].join(", ");
       const short = spec.short !== undefined ? `-${spec.short}, ` : "";
       return `  ${short}--${spec.name}${placeholder}\n      ${spec.description}${defaults}\n      env: ${envs}`;
