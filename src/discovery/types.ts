@@ -21,11 +21,11 @@ export interface ClusterSnapshot {
   readonly region: string;
   readonly clusterState?: string;
   readonly hsms: readonly Hsm[];
-  /** Milliseconds since the epoch at which the answer arrived. */
+  /** Milliseconds since the epoch at which the response arrived. */
   readonly fetchedAt: number;
 }
 
-/** Where cluster descriptions come from: AWS, or a static file. */
+/** A provider of cluster descriptions: AWS, or a static file. */
 export interface HsmSource {
   /**
    * Fetches one cluster. Rejects with ClusterNotFoundError when the region has no such cluster,
@@ -51,7 +51,7 @@ export class DiscoveryError extends Error {
   }
 }
 
-/** DescribeClusters answered, but without the requested cluster. */
+/** DescribeClusters succeeded, but without the requested cluster. */
 export class ClusterNotFoundError extends DiscoveryError {
   override readonly name = "ClusterNotFoundError";
   constructor(

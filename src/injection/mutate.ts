@@ -296,8 +296,8 @@ function setStringEntry(
 /**
  * Sets the webhook's variables and keeps every other entry where it is. A variable that already
  * exists is replaced in place, which removes stale addresses and lets entries after it refer to
- * it with `$(CLOUDHSM_HSM_IP)`; later entries of the same name are dropped. Missing variables are
- * appended in a fixed order. No user entry moves, so the JSONPatch stays a few operations long
+ * it with `$(CLOUDHSM_HSM_IP)`. Later entries of the same name are dropped, and missing variables
+ * are appended in a fixed order. No user entry moves, so the JSONPatch stays a few operations long
  * whatever the length of the list.
  */
 function setEnv(

@@ -204,7 +204,7 @@ export async function waitFor(
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
 }
 
-/** A minimal annotated pod, as a ReplicaSet controller would create it. */
+/** Builds a minimal annotated pod, as a ReplicaSet controller would create it. */
 export function annotatedPod(
   overrides: {
     annotations?: Record<string, string>;
@@ -232,7 +232,7 @@ export function annotatedPod(
   };
 }
 
-/** A DescribeClusters document with two ACTIVE HSMs and one DEGRADED, for the test cluster. */
+/** Builds a DescribeClusters document with two ACTIVE HSMs and one DEGRADED for the test cluster. */
 export function staticClusters(
   ips: readonly string[] = ["10.0.12.5", "10.0.2.40"],
 ): unknown {
