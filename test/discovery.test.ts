@@ -281,6 +281,29 @@ describe("AWS failures", () => {
     expect(outcome.response.status.message).toMatch(/has no HSMs/);
   });
 
+  test("unknown annotated cluster is not refreshed", async () => {
+    const { aws, harness } = await start(
+      {
+        clusters: [
+          buildCluster(TEST_CLUSTER_ID, [buildHsm("hsm-abcdefghij2")]),
+        ],
+      },
+      ["--refresh-interval=0.2"],
+    );
+    const typo = "cluster-typotypotypo2";
+    const outcome = await harness.admit(
+      annotatedPod({ annotations: { "cloudhsm/cluster-id": typo } }),
+    );
+    expect(outcome.response.allowed).toBe(false);
+    const callsFor = () =>
+      aws.requests.filter(
+        (request) => request.filters?.clusterIds?.[0] === typo,
+      ).length;
+    const after = callsFor();
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    expect(callsFor()).toBe(after);
+  });
+
   test("unknown cluster is denied and cached", async () => {
     const { aws, harness } = await start({
       clusters: [

@@ -111,14 +111,16 @@ export class HsmDirectory extends EventEmitter<{ refresh: [RefreshEvent] }> {
    */
   async availability(clusterId: string, region: string): Promise<Availability> {
     const key = cacheKey(clusterId, region);
+    // A cluster id that AWS does not know is not watched, so a typo in an annotation costs one
+    // DescribeClusters call per not-found period instead of one per refresh tick.
+    if (this.#notFound.has(key)) {
+      return notFound(clusterId, region);
+    }
     this.watch(clusterId, region, false);
 
     const cached = this.#clusters.get<CachedCluster>(key);
     if (cached) {
       return this.#usable(cached);
-    }
-    if (this.#notFound.has(key)) {
-      return notFound(clusterId, region);
     }
 
     try {
@@ -297,6 +299,9 @@ export class HsmDirectory extends EventEmitter<{ refresh: [RefreshEvent] }> {
         // A deleted cluster has no HSMs to serve, so the old list goes too.
         this.#clusters.del(key);
         this.#notFound.set(key, true);
+        if (this.#watched.get(key)?.pinned === false) {
+          this.#watched.delete(key);
+        }
       }
       this.#lastError.set(key, errorText(error));
       logger.warn(
