@@ -22,6 +22,9 @@ export class ConfigError extends Error {
   override readonly name = "ConfigError";
 }
 
+/** Where Client SDK 5 installs look for the cluster's issuing CA certificate. */
+export const DEFAULT_HSM_CA_FILE = "/opt/cloudhsm/etc/customerCA.crt";
+
 export const CLUSTER_ID_PATTERN = /^cluster-[2-7a-zA-Z]{11,16}$/;
 export const REGION_PATTERN = /^[a-z]{2}(-[a-z]+)+-\d{1,2}$/;
 const ENV_PREFIX = "CLOUDHSM_WEBHOOK_";
@@ -71,7 +74,7 @@ export const DISCOVERY_FLAGS: readonly FlagSpec[] = [
   flag({
     name: "hsm-ca-file",
     kind: "string",
-    default: "/opt/cloudhsm/etc/customerCA.crt",
+    default: DEFAULT_HSM_CA_FILE,
     description:
       "path of the cluster's CA certificate inside application containers",
   }),
@@ -328,7 +331,7 @@ export function readDiscoveryConfig(values: FlagValues): DiscoveryConfig {
   const clusterId = requireString(
     values,
     "cluster-id",
-    "the CloudHSM cluster to inject by default",
+    "the CloudHSM cluster id (cluster-xxxxxxxxxxx)",
   );
   if (!CLUSTER_ID_PATTERN.test(clusterId)) {
     throw new ConfigError(
@@ -361,11 +364,8 @@ export function readDiscoveryConfig(values: FlagValues): DiscoveryConfig {
       );
     }
   }
-  const hsmCaFile = requireString(
-    values,
-    "hsm-ca-file",
-    "the CA path inside application containers",
-  );
+  // Commands that render no config, such as describe, do not offer the flag.
+  const hsmCaFile = values["hsm-ca-file"] ?? DEFAULT_HSM_CA_FILE;
   if (!hsmCaFile.startsWith("/")) {
     throw new ConfigError(
       `invalid --hsm-ca-file "${hsmCaFile}": expected an absolute path`,

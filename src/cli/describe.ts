@@ -33,7 +33,17 @@ export const DESCRIBE_FLAGS: readonly FlagSpec[] = [
     default: "table",
     description: "output format",
   },
-  ...DISCOVERY_FLAGS,
+  // describe renders no config, so it has no use for --hsm-ca-file.
+  ...DISCOVERY_FLAGS.filter((flag) => flag.name !== "hsm-ca-file").map(
+    (flag) =>
+      flag.name === "cluster-id"
+        ? {
+            ...flag,
+            description:
+              "CloudHSM cluster id to describe (cluster-xxxxxxxxxxx)",
+          }
+        : flag,
+  ),
 ];
 
 export const DESCRIBE_USAGE = `Usage: cloudhsm-webhook describe [flags]
