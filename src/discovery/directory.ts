@@ -278,6 +278,8 @@ export class HsmDirectory extends EventEmitter<{ refresh: [RefreshEvent] }> {
           hsmCount: snapshot.hsms.length,
           activeCount: current.ips.length,
           changed,
+          // The first list of a cluster has nothing to compare with, so changed is false.
+          initial: previous === undefined,
         },
         "DescribeClusters refreshed the HSM list",
       );
