@@ -14,7 +14,12 @@ import type {
 } from "../injection/resolve.js";
 import { diffPods } from "../injection/patch.js";
 import { isObject, type JsonObject } from "../injection/pod.js";
-import { renderConfig, type RenderedCluster } from "../injection/render.js";
+import { buildInjectionPlan } from "../injection/plan.js";
+import {
+  renderConfig,
+  type RenderOptions,
+  type RenderedCluster,
+} from "../injection/render.js";
 import { ownedView } from "../injection/view.js";
 import {
   allow,
@@ -256,23 +261,22 @@ export class AdmissionHandler {
     options: InjectionOptions,
     clusters: readonly CachedCluster[],
   ): InjectionPlan {
-    const first = clusters[0]!;
-    return {
-      clusterId: first.snapshot.clusterId,
-      ips: first.ips,
-      config: this.#render(options, clusters),
-      configPath: options.configPath,
-      containers: options.containers,
-    };
+    return buildInjectionPlan(
+      options,
+      clusters,
+      this.#options.hsmCaFile,
+      (rendered, renderOptions) => this.#render(rendered, renderOptions),
+    );
   }
 
+  /** Renders a config, reusing the last result while the cluster lists behind it are unchanged. */
   #render(
-    options: InjectionOptions,
-    clusters: readonly CachedCluster[],
+    clusters: readonly RenderedCluster[],
+    options: RenderOptions,
   ): string {
     const key = [
-      options.configFormat,
-      this.#options.hsmCaFile,
+      options.format,
+      options.hsmCaFile,
       ...clusters.map(
         ({ snapshot }) =>
           `${snapshot.region}/${snapshot.clusterId}@${snapshot.fetchedAt}`,
@@ -282,13 +286,7 @@ export class AdmissionHandler {
     if (existing !== undefined) {
       return existing;
     }
-    const rendered: RenderedCluster[] = clusters.map(
-      ({ snapshot, active }) => ({ snapshot, active }),
-    );
-    const config = renderConfig(rendered, {
-      format: options.configFormat,
-      hsmCaFile: this.#options.hsmCaFile,
-    });
+    const config = renderConfig(clusters, options);
     if (this.#rendered.size >= RENDER_CACHE_LIMIT) {
       this.#rendered.clear();
     }
