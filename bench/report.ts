@@ -30,7 +30,7 @@ export interface BenchResults {
   readonly mode: string;
   readonly date: string;
   readonly command: string;
-  /** How the webhook under test was started, without its paths. */
+  /** Command line that started the webhook under test, without its paths. */
   readonly webhookCommand: string;
   readonly machine: MachineInfo;
   readonly typicalPodBytes: number;

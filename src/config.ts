@@ -22,7 +22,7 @@ export class ConfigError extends Error {
   override readonly name = "ConfigError";
 }
 
-/** Where Client SDK 5 installs look for the cluster's issuing CA certificate. */
+/** Default path of the cluster's issuing CA certificate in Client SDK 5 installs. */
 export const DEFAULT_HSM_CA_FILE = "/opt/cloudhsm/etc/customerCA.crt";
 
 export const CLUSTER_ID_PATTERN = /^cluster-[2-7a-zA-Z]{11,16}$/;

@@ -419,9 +419,9 @@ describe("injectPod properties", () => {
           expect(annotations[ANNOTATION_INJECTED_IPS]).toBe(plan.ips.join(","));
           expect(typeof annotations[ANNOTATION_INJECTED_AT]).toBe("string");
 
-          const wanted = plan.containers;
+          const selected = plan.containers;
           const injected = allContainers(pod).filter(
-            (entry) => !wanted || wanted.includes(String(entry.name)),
+            (entry) => !selected || selected.includes(String(entry.name)),
           );
           expect(result.injectedContainers).toEqual(
             injected.map((entry) => entry.name),

@@ -122,12 +122,14 @@ describe("POST /mutate", () => {
   test("patched pod carries env, config and marks", async () => {
     const { pod } = await harness.admit(annotatedPod(), { namespace: "shop" });
     validatePod(pod);
+
     const env = envOf(pod);
     expect(env.CLOUDHSM_CLUSTER_ID).toBe(TEST_CLUSTER_ID);
     expect(env.CLOUDHSM_HSM_IPS).toBe("10.0.2.40,10.0.12.5");
     expect(env.CLOUDHSM_HSM_IP).toBe("10.0.2.40");
     expect(env.CLOUDHSM_CONFIG_FILE).toBe("/var/run/cloudhsm/cloudhsm.cfg");
     expect(env.MODE).toBe("prod");
+
     expect(pod.metadata.labels["cloudhsm/injected"]).toBe("true");
     expect(pod.metadata.annotations["cloudhsm/injected-ips"]).toBe(
       "10.0.2.40,10.0.12.5",
@@ -135,6 +137,7 @@ describe("POST /mutate", () => {
     expect(
       Date.parse(pod.metadata.annotations["cloudhsm/injected-at"]),
     ).not.toBeNaN();
+
     const config = JSON.parse(pod.metadata.annotations["cloudhsm/config"]);
     expect(config.clusters[0].type).toBe("hsm1");
     expect(config.clusters[0].cluster.cluster_id).toBe(TEST_CLUSTER_ID);
@@ -146,6 +149,7 @@ describe("POST /mutate", () => {
       { hostname: "10.0.12.5", port: 2223, enable: true },
     ]);
     expect(config.logging.log_type).toBe("term");
+
     expect(pod.spec.volumes).toContainEqual(
       expect.objectContaining({
         name: "cloudhsm-config",

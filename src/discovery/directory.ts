@@ -72,8 +72,8 @@ const DEFAULT_IDLE_MS = 3_600_000;
 
 /**
  * Keeps the HSM list of every cluster in use, per region and cluster id. Admissions read the
- * cache and never wait on AWS while it contains a usable list; a timer refreshes it in the
- * background. At most one DescribeClusters call per cluster is in flight, and concurrent
+ * cache and do not wait on AWS while it contains a usable list, because a timer refreshes it in
+ * the background. At most one DescribeClusters call per cluster is in flight, and concurrent
  * admissions on a cold cache share it.
  */
 export class HsmDirectory extends EventEmitter<{ refresh: [RefreshEvent] }> {

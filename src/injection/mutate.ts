@@ -126,7 +126,7 @@ export function injectPod(
   changed =
     setStringEntry(metadata, "labels", LABEL_INJECTED, "true") || changed;
 
-  const wanted = plan.containers ? new Set(plan.containers) : undefined;
+  const selected = plan.containers ? new Set(plan.containers) : undefined;
   const target: MountTarget = plan.configPath
     ? { mountPath: plan.configPath, subPath: CONFIG_FILE_NAME }
     : { mountPath: DEFAULT_MOUNT_DIR };
@@ -141,7 +141,7 @@ export function injectPod(
   let mounted = false;
   for (const container of [...initContainers, ...containers]) {
     const name = typeof container.name === "string" ? container.name : "";
-    if (wanted && !wanted.has(name)) {
+    if (selected && !selected.has(name)) {
       continue;
     }
     injectedContainers.push(name);
@@ -310,7 +310,7 @@ function setEnv(
       `env of container "${String(container.name)}" must be a list`,
     );
   }
-  const wanted = new Map(vars);
+  const ownedValues = new Map(vars);
   const placed = new Set<string>();
   const next: unknown[] = [];
   let changed = false;
@@ -319,7 +319,7 @@ function setEnv(
       isObject(entry) && typeof entry.name === "string"
         ? entry.name
         : undefined;
-    const value = name === undefined ? undefined : wanted.get(name);
+    const value = name === undefined ? undefined : ownedValues.get(name);
     if (name === undefined || value === undefined) {
       next.push(entry);
     } else if (placed.has(name)) {

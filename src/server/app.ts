@@ -223,7 +223,7 @@ const CLIENT_ERROR_STATUS: Readonly<Record<string, number>> = {
 export const REQUEST_TIMEOUT_MS = 30_000;
 
 /**
- * Responds to a request that Node's HTTP parser rejected, before fastify sees it, with a status and
+ * Responds to a request that Node's HTTP parser rejected, before fastify gets it, with a status and
  * a message that names the parser error, then closes the connection.
  */
 function answerClientError(error: Error, socket: Duplex): void {

@@ -188,7 +188,7 @@ export async function startHarness(
 export async function waitFor(
   condition: () => boolean | Promise<boolean>,
   timeoutMs: number,
-  what: string,
+  description: string,
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (
@@ -201,7 +201,7 @@ export async function waitFor(
     }
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${description}`);
 }
 
 /** Builds a minimal annotated pod, as a ReplicaSet controller would create it. */
