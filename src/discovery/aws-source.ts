@@ -1,4 +1,3 @@
-import { AsyncLocalStorage } from "node:async_hooks";
 import { performance } from "node:perf_hooks";
 
 import {
@@ -65,10 +64,6 @@ interface CallContext {
   deadline: number;
 }
 
-// The retry strategy is shared by every call on a client, so it finds the current call's
-// signal and deadline through the async context of that call.
-const currentCall = new AsyncLocalStorage<CallContext>();
-
 /**
  * Retries throttling and transient errors with exponential backoff and full jitter, like the
  * SDK's standard mode, and makes at most `maxAttempts` attempts in total. The SDK's own
@@ -77,7 +72,10 @@ const currentCall = new AsyncLocalStorage<CallContext>();
  * gets the last AWS error rather than a timeout.
  */
 class DeadlineAwareRetryStrategy implements RetryStrategyV2 {
-  constructor(private readonly maxAttempts: number) {}
+  constructor(
+    private readonly maxAttempts: number,
+    private readonly call: CallContext,
+  ) {}
 
   async acquireInitialRetryToken(): Promise<RetryToken> {
     return retryToken(0, 0);
@@ -106,11 +104,8 @@ class DeadlineAwareRetryStrategy implements RetryStrategyV2 {
     }
     delay = Math.floor(delay);
 
-    const call = currentCall.getStore();
-    if (
-      call &&
-      (call.signal.aborted || performance.now() + delay >= call.deadline)
-    ) {
+    const { call } = this;
+    if (call.signal.aborted || performance.now() + delay >= call.deadline) {
       throw new Error("retry would pass the deadline");
     }
     return retryToken(retries + 1, delay);
@@ -124,8 +119,13 @@ function retryToken(retryCount: number, delayMs: number): RetryToken {
 }
 
 /**
- * Fetches cluster descriptions from the CloudHSM v2 API with DescribeClusters. It keeps one SDK
- * client per region, created on first use.
+ * Fetches cluster descriptions from the CloudHSM v2 API with DescribeClusters.
+ *
+ * Each call sends its requests through an SDK client of its own, whose retry strategy knows the
+ * call's deadline and abort signal. The clients of one region share a connection pool and a
+ * credential provider, which a base client per region holds from its first use. An earlier
+ * design shared one client and found the call through AsyncLocalStorage, but on Node 20 that
+ * turns on promise hooks for the whole process, and every admission paid for them.
  *
  * The SDK reads AWS_MAX_ATTEMPTS and AWS_RETRY_MODE only for its built-in strategy, which this
  * source replaces, so `maxAttempts` is the only retry setting.
@@ -133,7 +133,6 @@ function retryToken(retryCount: number, delayMs: number): RetryToken {
 export class AwsHsmSource implements HsmSource {
   private readonly clients = new Map<string, CloudHSMV2Client>();
   private readonly destroyed = new AbortController();
-  private readonly retryStrategy: DeadlineAwareRetryStrategy;
   private readonly maxAttempts: number;
   private readonly timeoutMs: number;
   private readonly maxPages: number;
@@ -152,7 +151,6 @@ export class AwsHsmSource implements HsmSource {
       "maxAttempts",
       options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS,
     );
-    this.retryStrategy = new DeadlineAwareRetryStrategy(this.maxAttempts);
     if (options.endpoint !== undefined) {
       parseEndpoint(options.endpoint);
     }
@@ -214,8 +212,9 @@ export class AwsHsmSource implements HsmSource {
 
     try {
       if (signal.aborted) throw signal.reason;
-      const cluster = await currentCall.run(context, () =>
-        rejectOnAbort(this.findCluster(clusterId, region, signal), signal),
+      const cluster = await rejectOnAbort(
+        this.findCluster(clusterId, region, context),
+        signal,
       );
       if (!cluster) {
         throw new ClusterNotFoundError(clusterId, region);
@@ -241,9 +240,10 @@ export class AwsHsmSource implements HsmSource {
   private async findCluster(
     clusterId: string,
     region: string,
-    signal: AbortSignal,
+    call: CallContext,
   ): Promise<Cluster | undefined> {
-    const client = this.clientFor(region);
+    const { signal } = call;
+    const client = this.clientFor(region, call);
     let nextToken: string | undefined;
     for (let page = 1; page <= this.maxPages; page++) {
       const output = await client.send(
@@ -269,29 +269,37 @@ export class AwsHsmSource implements HsmSource {
     );
   }
 
-  private clientFor(region: string): CloudHSMV2Client {
+  /** Returns a client for one call, on the shared connections of the region's base client. */
+  private clientFor(region: string, call: CallContext): CloudHSMV2Client {
     if (this.destroyed.signal.aborted) {
       // Reported by describeWithDeadline as a "Destroyed" abort.
       throw this.destroyed.signal.reason;
     }
-    let client = this.clients.get(region);
-    if (!client) {
-      client = new CloudHSMV2Client({
+    let base = this.clients.get(region);
+    if (!base) {
+      base = new CloudHSMV2Client({
         region,
         endpoint: this.options.endpoint,
         credentials: this.options.credentials,
-        retryStrategy: this.retryStrategy,
-        // Only fills the amz-sdk-request header, so that it matches the strategy.
-        maxAttempts: this.maxAttempts,
         // Per-attempt limits. The deadline in describeWithDeadline bounds the whole call.
         requestHandler: new NodeHttpHandler({
           connectionTimeout: this.timeoutMs,
           requestTimeout: this.timeoutMs,
         }),
       });
-      this.clients.set(region, client);
+      this.clients.set(region, base);
     }
-    return client;
+    // Not destroyed after the call: destroy() would close the shared request handler.
+    return new CloudHSMV2Client({
+      region,
+      endpoint: this.options.endpoint,
+      // The base client's provider caches credentials until they expire.
+      credentials: base.config.credentials,
+      requestHandler: base.config.requestHandler,
+      retryStrategy: new DeadlineAwareRetryStrategy(this.maxAttempts, call),
+      // Only fills the amz-sdk-request header, so that it matches the strategy.
+      maxAttempts: this.maxAttempts,
+    });
   }
 
   private abortError(
