@@ -24,8 +24,14 @@ export function podSource(pod: JsonObject): AnnotationSource {
   const annotations: Record<string, string> = {};
   if (isObject(metadata.annotations)) {
     for (const [key, value] of Object.entries(metadata.annotations)) {
-      if (typeof value === "string") {
+      if (typeof value !== "string") {
+        continue;
+      }
+      if (key === "__proto__") {
+        // Assignment would set the prototype; the key is data here.
         Object.defineProperty(annotations, key, { value, enumerable: true });
+      } else {
+        annotations[key] = value;
       }
     }
   }

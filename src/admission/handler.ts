@@ -15,11 +15,6 @@ import type {
 import { diffPods } from "../injection/patch.js";
 import { isObject, type JsonObject } from "../injection/pod.js";
 import { buildInjectionPlan } from "../injection/plan.js";
-import {
-  renderConfig,
-  type RenderOptions,
-  type RenderedCluster,
-} from "../injection/render.js";
 import { ownedView } from "../injection/view.js";
 import {
   allow,
@@ -96,9 +91,8 @@ export interface HandlerResult {
   readonly reason?: string;
 }
 
-// Rendered configs are reused while the cluster lists behind them are unchanged, so a busy
-// webhook renders once per refresh and not once per pod.
-const RENDER_CACHE_LIMIT = 256;
+// Plans per cached list of the first cluster; each combination of options needs its own.
+const PLAN_CACHE_LIMIT = 256;
 
 /**
  * Handles AdmissionRequests for pods in a fixed order of steps: filter, decide, look up HSMs,
@@ -108,7 +102,9 @@ const RENDER_CACHE_LIMIT = 256;
  */
 export class AdmissionHandler {
   readonly #options: HandlerOptions;
-  readonly #rendered = new Map<string, string>();
+  readonly #plans = new WeakMap<CachedCluster, Map<string, InjectionPlan>>();
+  readonly #clusterNumbers = new WeakMap<CachedCluster, number>();
+  #nextClusterNumber = 0;
 
   constructor(options: HandlerOptions) {
     this.#options = options;
@@ -257,41 +253,48 @@ export class AdmissionHandler {
     };
   }
 
+  /**
+   * Returns the plan for these options and clusters, reusing it while the cluster lists behind
+   * it are unchanged, so a busy webhook renders each config once per refresh and not once per
+   * pod. Cached lists are replaced by new objects on every refresh, so their identity tells
+   * whether a plan is current.
+   */
   #plan(
     options: InjectionOptions,
     clusters: readonly CachedCluster[],
   ): InjectionPlan {
-    return buildInjectionPlan(
-      options,
-      clusters,
-      this.#options.hsmCaFile,
-      (rendered, renderOptions) => this.#render(rendered, renderOptions),
-    );
+    const [first, ...rest] = clusters;
+    let plans = this.#plans.get(first!);
+    if (plans === undefined) {
+      plans = new Map();
+      this.#plans.set(first!, plans);
+    }
+    const key = JSON.stringify([
+      options.configFormat,
+      options.configPath ?? null,
+      options.containers ?? null,
+      rest.map((cluster) => this.#clusterNumber(cluster)),
+    ]);
+    let plan = plans.get(key);
+    if (plan === undefined) {
+      plan = buildInjectionPlan(options, clusters, this.#options.hsmCaFile);
+      if (plans.size >= PLAN_CACHE_LIMIT) {
+        plans.clear();
+      }
+      plans.set(key, plan);
+    }
+    return plan;
   }
 
-  /** Renders a config, reusing the last result while the cluster lists behind it are unchanged. */
-  #render(
-    clusters: readonly RenderedCluster[],
-    options: RenderOptions,
-  ): string {
-    const key = [
-      options.format,
-      options.hsmCaFile,
-      ...clusters.map(
-        ({ snapshot }) =>
-          `${snapshot.region}/${snapshot.clusterId}@${snapshot.fetchedAt}`,
-      ),
-    ].join("|");
-    const existing = this.#rendered.get(key);
-    if (existing !== undefined) {
-      return existing;
+  /** Numbers each cached list object, so that a plan key can name further clusters by identity. */
+  #clusterNumber(cluster: CachedCluster): number {
+    let number = this.#clusterNumbers.get(cluster);
+    if (number === undefined) {
+      this.#nextClusterNumber += 1;
+      number = this.#nextClusterNumber;
+      this.#clusterNumbers.set(cluster, number);
     }
-    const config = renderConfig(clusters, options);
-    if (this.#rendered.size >= RENDER_CACHE_LIMIT) {
-      this.#rendered.clear();
-    }
-    this.#rendered.set(key, config);
-    return config;
+    return number;
   }
 
   #now(): Date {

@@ -13,32 +13,82 @@ export const ENV_CLUSTER_ID = "CLOUDHSM_CLUSTER_ID";
 export const ENV_HSM_IPS = "CLOUDHSM_HSM_IPS";
 export const ENV_HSM_IP = "CLOUDHSM_HSM_IP";
 export const ENV_CONFIG_FILE = "CLOUDHSM_CONFIG_FILE";
-const OWNED_ENV = new Set([
-  ENV_CLUSTER_ID,
-  ENV_HSM_IPS,
-  ENV_HSM_IP,
-  ENV_CONFIG_FILE,
-]);
+
+const CONFIG_FIELD_PATH = `metadata.annotations['${ANNOTATION_CONFIG}']`;
 
 /**
  * The downwardAPI volume that projects the config annotation as a file. It is written with the
  * defaults the API server fills in, so a reinvocation finds its own volume unchanged.
+ *
+ * This object, the config mounts and the env entries of each plan are frozen and shared by every
+ * pod that receives them: injection never changes an entry in place, and serializePatch encodes
+ * each frozen object once.
  */
-const CONFIG_VOLUME = {
+const CONFIG_VOLUME: JsonObject = deepFreeze({
   name: VOLUME_NAME,
   downwardAPI: {
     defaultMode: 0o644,
     items: [
       {
         path: CONFIG_FILE_NAME,
-        fieldRef: {
-          apiVersion: "v1",
-          fieldPath: `metadata.annotations['${ANNOTATION_CONFIG}']`,
-        },
+        fieldRef: { apiVersion: "v1", fieldPath: CONFIG_FIELD_PATH },
       },
     ],
   },
-};
+});
+
+function deepFreeze<T extends object>(value: T): T {
+  for (const child of Object.values(value)) {
+    if (typeof child === "object" && child !== null) {
+      deepFreeze(child);
+    }
+  }
+  return Object.freeze(value);
+}
+
+/** What injection writes for one plan, built once per plan. */
+interface PlanFragments {
+  readonly ipList: string;
+  readonly env: ReadonlyArray<Readonly<{ name: string; value: string }>>;
+  readonly target: MountTarget;
+  readonly mount: JsonObject;
+}
+
+// Plans are cached by the admission handler while the HSM list is unchanged, so a busy webhook
+// builds these once per refresh.
+const fragmentsByPlan = new WeakMap<InjectionPlan, PlanFragments>();
+
+function fragmentsFor(plan: InjectionPlan): PlanFragments {
+  let fragments = fragmentsByPlan.get(plan);
+  if (fragments !== undefined) {
+    return fragments;
+  }
+  const ipList = plan.ips.join(",");
+  const target: MountTarget = plan.configPath
+    ? { mountPath: plan.configPath, subPath: CONFIG_FILE_NAME }
+    : { mountPath: DEFAULT_MOUNT_DIR };
+  const mount: JsonObject = {
+    name: VOLUME_NAME,
+    mountPath: target.mountPath,
+    readOnly: true,
+  };
+  if (target.subPath !== undefined) {
+    mount.subPath = target.subPath;
+  }
+  fragments = deepFreeze({
+    ipList,
+    env: [
+      { name: ENV_CLUSTER_ID, value: plan.clusterId },
+      { name: ENV_HSM_IPS, value: ipList },
+      { name: ENV_HSM_IP, value: plan.ips[0] ?? "" },
+      { name: ENV_CONFIG_FILE, value: configFilePath(plan) },
+    ],
+    target,
+    mount,
+  });
+  fragmentsByPlan.set(plan, fragments);
+  return fragments;
+}
 
 /** The injection for one pod: the outcome of discovery and option resolution. */
 export interface InjectionPlan {
@@ -109,6 +159,7 @@ export function injectPod(
   requireShallow(pod);
   const metadata = ensureObject(pod, "metadata");
   const warnings: string[] = [];
+  const { ipList, env, target, mount: configMount } = fragmentsFor(plan);
 
   let changed = setStringEntry(
     metadata,
@@ -117,25 +168,12 @@ export function injectPod(
     plan.config,
   );
   changed =
-    setStringEntry(
-      metadata,
-      "annotations",
-      ANNOTATION_INJECTED_IPS,
-      plan.ips.join(","),
-    ) || changed;
+    setStringEntry(metadata, "annotations", ANNOTATION_INJECTED_IPS, ipList) ||
+    changed;
   changed =
     setStringEntry(metadata, "labels", LABEL_INJECTED, "true") || changed;
 
   const selected = plan.containers ? new Set(plan.containers) : undefined;
-  const target: MountTarget = plan.configPath
-    ? { mountPath: plan.configPath, subPath: CONFIG_FILE_NAME }
-    : { mountPath: DEFAULT_MOUNT_DIR };
-  const env: ReadonlyArray<readonly [string, string]> = [
-    [ENV_CLUSTER_ID, plan.clusterId],
-    [ENV_HSM_IPS, plan.ips.join(",")],
-    [ENV_HSM_IP, plan.ips[0] ?? ""],
-    [ENV_CONFIG_FILE, configFilePath(plan)],
-  ];
 
   const injectedContainers: string[] = [];
   let mounted = false;
@@ -147,7 +185,7 @@ export function injectPod(
     injectedContainers.push(name);
     changed = setEnv(container, env) || changed;
 
-    const mount = mountConfig(container, target);
+    const mount = mountConfig(container, target, configMount);
     changed = mount.changed || changed;
     if (mount.conflict === undefined) {
       mounted = true;
@@ -193,33 +231,39 @@ export const MAX_FIELD_DEPTH = 100;
 /** Rejects a pod with a field nested deeper than MAX_FIELD_DEPTH, naming the field. */
 function requireShallow(pod: JsonObject): void {
   // Fields are named down to the second level, such as spec.containers.
-  const roots: Array<[string, unknown, number]> = [];
-  for (const [key, value] of Object.entries(pod)) {
+  for (const key of Object.keys(pod)) {
+    const value = pod[key];
     if (isObject(value)) {
-      for (const [child, childValue] of Object.entries(value)) {
-        roots.push([`${key}.${child}`, childValue, 2]);
+      for (const child of Object.keys(value)) {
+        checkDepth(value[child], 2, `${key}.${child}`);
       }
     } else {
-      roots.push([key, value, 1]);
+      checkDepth(value, 1, key);
     }
   }
-  for (const [field, value, rootDepth] of roots) {
-    // An explicit stack, because the check must not recurse as deep as the input.
-    const pending: Array<[unknown, number]> = [[value, rootDepth]];
-    while (pending.length > 0) {
-      const [current, depth] = pending.pop()!;
-      if (typeof current !== "object" || current === null) {
-        continue;
-      }
-      if (depth > MAX_FIELD_DEPTH) {
-        throw new InvalidPodError(
-          `pod field ${field} is nested more than ${MAX_FIELD_DEPTH} levels deep`,
-        );
-      }
-      for (const child of Object.values(current)) {
-        pending.push([child, depth + 1]);
-      }
+}
+
+/**
+ * Throws when `value`, found at `depth`, holds a field below MAX_FIELD_DEPTH. The recursion
+ * stops at that bound, so it stays about 100 frames deep however deep the input nests.
+ */
+function checkDepth(value: unknown, depth: number, field: string): void {
+  if (typeof value !== "object" || value === null) {
+    return;
+  }
+  if (depth > MAX_FIELD_DEPTH) {
+    throw new InvalidPodError(
+      `pod field ${field} is nested more than ${MAX_FIELD_DEPTH} levels deep`,
+    );
+  }
+  if (Array.isArray(value)) {
+    for (const item of value) {
+      checkDepth(item, depth + 1, field);
     }
+    return;
+  }
+  for (const key of Object.keys(value)) {
+    checkDepth((value as JsonObject)[key], depth + 1, field);
   }
 }
 
@@ -270,7 +314,10 @@ function ensureObject(parent: JsonObject, key: string): JsonObject {
   return created;
 }
 
-/** Sets `metadata[map][key] = value`, as an own property, and reports whether it changed. */
+/**
+ * Sets `metadata[map][key] = value` and reports whether it changed. Keys are the webhook's own
+ * names, never "__proto__", so plain assignment creates an own property.
+ */
 function setStringEntry(
   metadata: JsonObject,
   map: string,
@@ -284,12 +331,7 @@ function setStringEntry(
   ) {
     return false;
   }
-  Object.defineProperty(entries, key, {
-    value,
-    enumerable: true,
-    writable: true,
-    configurable: true,
-  });
+  entries[key] = value;
   return true;
 }
 
@@ -300,18 +342,15 @@ function setStringEntry(
  * are appended in a fixed order. No user entry moves, so the JSONPatch stays a few operations long
  * whatever the length of the list.
  */
-function setEnv(
-  container: Container,
-  vars: ReadonlyArray<readonly [string, string]>,
-): boolean {
+function setEnv(container: Container, vars: PlanFragments["env"]): boolean {
   const current = container.env ?? [];
   if (!Array.isArray(current)) {
     throw new InvalidPodError(
       `env of container "${String(container.name)}" must be a list`,
     );
   }
-  const ownedValues = new Map(vars);
-  const placed = new Set<string>();
+  // One flag per entry of `vars`: there are four, so a search beats a Map and a Set.
+  const placed = vars.map(() => false);
   const next: unknown[] = [];
   let changed = false;
   for (const entry of current) {
@@ -319,26 +358,28 @@ function setEnv(
       isObject(entry) && typeof entry.name === "string"
         ? entry.name
         : undefined;
-    const value = name === undefined ? undefined : ownedValues.get(name);
-    if (name === undefined || value === undefined) {
+    const index =
+      name === undefined ? -1 : vars.findIndex((owned) => owned.name === name);
+    if (index < 0) {
       next.push(entry);
-    } else if (placed.has(name)) {
+    } else if (placed[index]) {
       changed = true;
     } else {
-      placed.add(name);
-      const current = entry as JsonObject;
+      placed[index] = true;
+      const owned = vars[index]!;
+      const existing = entry as JsonObject;
       const exact =
-        current.value === value && Object.keys(current).length === 2;
-      next.push(exact ? entry : { name, value });
+        existing.value === owned.value && Object.keys(existing).length === 2;
+      next.push(exact ? entry : owned);
       changed ||= !exact;
     }
   }
-  for (const [name, value] of vars) {
-    if (!placed.has(name)) {
-      next.push({ name, value });
+  vars.forEach((owned, index) => {
+    if (!placed[index]) {
+      next.push(owned);
       changed = true;
     }
-  }
+  });
   if (changed) {
     container.env = next;
   }
@@ -356,7 +397,11 @@ interface MountOutcome {
  * at other paths are left from an earlier config-path and are removed. A user mount at the
  * target path wins: mounting over it would hide the user's files.
  */
-function mountConfig(container: Container, target: MountTarget): MountOutcome {
+function mountConfig(
+  container: Container,
+  target: MountTarget,
+  configMount: JsonObject,
+): MountOutcome {
   const current = container.volumeMounts ?? [];
   if (!Array.isArray(current)) {
     throw new InvalidPodError(
@@ -388,15 +433,7 @@ function mountConfig(container: Container, target: MountTarget): MountOutcome {
   ) {
     return { changed: false };
   }
-  const mount: JsonObject = {
-    name: VOLUME_NAME,
-    mountPath: target.mountPath,
-    readOnly: true,
-  };
-  if (target.subPath !== undefined) {
-    mount.subPath = target.subPath;
-  }
-  container.volumeMounts = [...others, mount];
+  container.volumeMounts = [...others, configMount];
   return { changed: true };
 }
 
@@ -422,7 +459,7 @@ function ensureConfigVolume(spec: JsonObject): boolean {
   const others = current.filter(
     (volume) => !(isObject(volume) && volume.name === VOLUME_NAME),
   );
-  spec.volumes = [...others, structuredClone(CONFIG_VOLUME)];
+  spec.volumes = [...others, CONFIG_VOLUME];
   return true;
 }
 
@@ -451,9 +488,8 @@ function isConfigVolume(volume: unknown): boolean {
   ) {
     return false;
   }
-  const expected = CONFIG_VOLUME.downwardAPI.items[0]!.fieldRef;
   return (
-    item.fieldRef.fieldPath === expected.fieldPath &&
+    item.fieldRef.fieldPath === CONFIG_FIELD_PATH &&
     (item.fieldRef.apiVersion === undefined ||
       item.fieldRef.apiVersion === "v1")
   );
