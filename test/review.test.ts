@@ -8,6 +8,8 @@ import {
   deny,
   parseAdmissionReview,
   reviewResponse,
+  reviewResponseText,
+  type AdmissionResponse,
 } from "../src/admission/review.js";
 import type { PatchOperation } from "../src/injection/patch.js";
 import { decodePatch } from "./support/apply-patch.js";
@@ -257,5 +259,37 @@ describe("reviewResponse", () => {
       kind: "AdmissionReview",
       response,
     });
+  });
+});
+
+describe("reviewResponseText", () => {
+  const patch: PatchOperation[] = [
+    { op: "add", path: "/metadata/labels/a~1b", value: 'quote " and \\' },
+  ];
+  const responses: Array<[string, AdmissionResponse]> = [
+    ["allow", allow(UID)],
+    ["allow with warnings", allow(UID, ['a "quoted" word', "ünïcode \u2028"])],
+    ["allow with patch", allowWithPatch(UID, patch)],
+    ["allow with patch and warnings", allowWithPatch(UID, patch, ["w"])],
+    ["deny", deny(UID, 'pod field "x" is \n bad', 400)],
+    ["deny with warnings", deny(UID, "no", 503, ["first", "second"])],
+  ];
+
+  it.each(responses)("serializes %s as JSON.stringify does", (_, response) => {
+    for (const apiVersion of ADMISSION_VERSIONS) {
+      const text = reviewResponseText(apiVersion, response);
+
+      expect(text).toBe(JSON.stringify(reviewResponse(apiVersion, response)));
+    }
+  });
+
+  it("escapes a uid that a client sent with quotes", () => {
+    const response = allow('uid "with" quotes\\');
+
+    const parsed = JSON.parse(
+      reviewResponseText("admission.k8s.io/v1", response),
+    );
+
+    expect(parsed.response.uid).toBe('uid "with" quotes\\');
   });
 });
