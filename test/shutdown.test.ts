@@ -32,6 +32,10 @@ let aws: FakeCloudHsm;
 let child: ChildProcess;
 let target: WebhookTarget;
 let exit: Promise<number | null>;
+/** Every line that the process wrote to stdout, its log, parsed. */
+const logLines: Array<Record<string, any>> = [];
+/** Resolves when stdout closes, after the last line. */
+let stdoutClosed: Promise<void>;
 
 beforeAll(async () => {
   folder = await mkdtemp(join(tmpdir(), "cloudhsm-webhook-shutdown-"));
@@ -83,7 +87,10 @@ beforeAll(async () => {
       () => reject(new Error("serve did not start within 15 s")),
       15_000,
     );
-    createInterface({ input: child.stdout! }).on("line", (line) => {
+    const lines = createInterface({ input: child.stdout! });
+    stdoutClosed = new Promise((closed) => lines.once("close", closed));
+    lines.on("line", (line) => {
+      logLines.push(JSON.parse(line));
       if (line.includes('"msg":"cloudhsm-webhook serving"')) {
         clearTimeout(timer);
         resolvePort(JSON.parse(line).port as number);
@@ -110,14 +117,37 @@ afterAll(async () => {
   await rm(folder, { recursive: true, force: true });
 });
 
+const decisionFor = (uid: string) =>
+  logLines.find(
+    (line) => line.msg === "admission decision" && line.uid === uid,
+  );
+
+test("a decision line reaches stdout within the flush interval", async () => {
+  // The server collects log lines into a buffer, so a quiet server must still write them out.
+  const uid = "4b1c9f0e-0000-4000-8000-00000000a001";
+  const reply = await callWebhook(target, "/mutate", {
+    body: JSON.stringify(
+      podCreateReview(annotatedPod(), { namespace: "shop", uid }),
+    ),
+  });
+  expect(reply.status).toBe(200);
+  await waitFor(() => decisionFor(uid) !== undefined, 3_000, "the line");
+  expect(decisionFor(uid)).toMatchObject({
+    decision: "injected",
+    clusterId: TEST_CLUSTER_ID,
+    ipCount: 1,
+  });
+});
+
 test("SIGTERM drains in-flight requests and exits 0", async () => {
   // A pod for a cluster not yet cached waits on a DescribeClusters call that the fake delays.
   aws.setFault({ kind: "delay", ms: 1_500 }, 1);
   const pod = annotatedPod({
     annotations: { "cloudhsm/cluster-id": SLOW_CLUSTER },
   });
+  const uid = "4b1c9f0e-0000-4000-8000-00000000a002";
   const inFlight = callWebhook(target, "/mutate", {
-    body: JSON.stringify(podCreateReview(pod, { namespace: "shop" })),
+    body: JSON.stringify(podCreateReview(pod, { namespace: "shop", uid })),
   });
   await waitFor(
     () =>
@@ -145,4 +175,9 @@ test("SIGTERM drains in-flight requests and exits 0", async () => {
 
   expect(await exit).toBe(0);
   expect(Date.now() - signalledAt).toBeLessThan(10_000);
+
+  // Lines still in the log buffer at exit are written, the last decision included.
+  await stdoutClosed;
+  expect(decisionFor(uid)).toMatchObject({ clusterId: SLOW_CLUSTER });
+  expect(logLines.at(-1)?.msg).toBe("shutdown complete");
 });

@@ -13,7 +13,7 @@ import { HsmDirectory } from "../discovery/directory.js";
 import { StaticHsmSource } from "../discovery/static-source.js";
 import type { HsmSource } from "../discovery/types.js";
 import { WorkloadLookup } from "../kube/lookup.js";
-import { createLogger, type Logger } from "../log.js";
+import { createServerLogger, type Logger } from "../log.js";
 import {
   WebhookMetrics,
   startMetricsServer,
@@ -96,14 +96,14 @@ export async function startWebhook(
   overrides: {
     decide?: Decider;
     lookup?: WorkloadLookup;
-    logger?: ReturnType<typeof createLogger>;
+    logger?: ReturnType<typeof createServerLogger>;
     /** API access, Lease identity and timings of the refresher, for tests. */
     refresher?: Partial<
       Pick<RefresherSetup, "kubeConfig" | "identity" | "namespace" | "timings">
     >;
   } = {},
 ): Promise<RunningWebhook> {
-  const logger = overrides.logger ?? createLogger(config.logLevel);
+  const logger = overrides.logger ?? createServerLogger(config.logLevel);
   const tls = await loadKeyPair(config.tlsCert, config.tlsKey);
 
   const metrics = new WebhookMetrics();
@@ -272,7 +272,7 @@ export async function runServe(
     return 0;
   }
   const config = readServeConfig(values);
-  const logger = createLogger(config.logLevel);
+  const logger = createServerLogger(config.logLevel);
   const webhook = await startWebhook(config, { logger });
 
   return new Promise<number>((resolve) => {
