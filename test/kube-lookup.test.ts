@@ -429,6 +429,51 @@ describe("cache", () => {
     expect(lookup.stats.cacheHits).toBe(57);
   });
 
+  it("lookupCached answers from the cache alone", async () => {
+    const { replicaSet } = deploymentChain();
+    const counted: string[] = [];
+    const lookup = newLookup({
+      onLookup: (kind, outcome, cacheHit) =>
+        counted.push(`${kind} ${outcome} ${cacheHit}`),
+    });
+    const references = [ownerReferenceTo(replicaSet)];
+
+    expect(lookup.lookupCached(NS, references)).toBeUndefined();
+    expect(fake.totalRequests).toBe(0);
+    expect(counted).toEqual([]);
+
+    const read = await lookup.lookup(NS, references);
+    counted.length = 0;
+    const cached = lookup.lookupCached(NS, references);
+
+    expect(cached).toEqual(read);
+    expect(fake.totalRequests).toBe(3);
+    expect(counted).toEqual([
+      "ReplicaSet ok true",
+      "Deployment ok true",
+      "Namespace ok true",
+    ]);
+    expect(lookup.stats.cacheHits).toBe(3);
+  });
+
+  it("lookupCached gives up on a partly cached chain or another uid", async () => {
+    const { replicaSet } = deploymentChain();
+    const lookup = newLookup();
+    await lookup.namespaceSource(NS);
+    const references = [ownerReferenceTo(replicaSet)];
+
+    expect(lookup.lookupCached(NS, references)).toBeUndefined();
+
+    await lookup.lookup(NS, references);
+    const hits = lookup.stats.cacheHits;
+    const { replicaSet: recreated } = deploymentChain();
+    expect(
+      lookup.lookupCached(NS, [ownerReferenceTo(recreated)]),
+    ).toBeUndefined();
+    expect(lookup.lookupCached("", references)).toBeUndefined();
+    expect(lookup.stats.cacheHits).toBe(hits);
+  });
+
   it("entries expire after the TTL", async () => {
     const { deployment, replicaSet } = deploymentChain();
     const lookup = newLookup({ cacheTtlSeconds: 0.2 });

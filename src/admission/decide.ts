@@ -12,10 +12,17 @@ import type { Decider, LookupFailed } from "./handler.js";
 
 /** Reads the annotations of a pod's owners and namespace from the API server. */
 export interface ChainReader {
-  read(
+  read(namespace: string, ownerReferences: unknown): Promise<AnnotationChain>;
+  /** The chain when the reader has it at hand, or undefined to call read(). */
+  readCached?(
     namespace: string,
     ownerReferences: unknown,
-  ): Promise<{ owners: AnnotationSource[]; namespace: AnnotationSource }>;
+  ): AnnotationChain | undefined;
+}
+
+export interface AnnotationChain {
+  owners: AnnotationSource[];
+  namespace: AnnotationSource;
 }
 
 /** Builds the source list entry for the pod itself. Only string-valued annotations take part. */
@@ -97,7 +104,9 @@ export function chainDecider(options: ChainDeciderOptions): Decider {
       request.namespace ?? ownString(metadata, "namespace") ?? "";
     let chain;
     try {
-      chain = await options.reader.read(namespace, metadata.ownerReferences);
+      chain =
+        options.reader.readCached?.(namespace, metadata.ownerReferences) ??
+        (await options.reader.read(namespace, metadata.ownerReferences));
     } catch (error) {
       options.onLookupFailure?.(error);
       const cause = error instanceof Error ? error.message : String(error);

@@ -163,6 +163,8 @@ export async function startWebhook(
       ? chainDecider({
           reader: {
             read: (namespace, owners) => lookup.lookup(namespace, owners),
+            readCached: (namespace, owners) =>
+              lookup.lookupCached(namespace, owners),
           },
           defaults,
           onLookupError: config.onLookupError,
