@@ -89,6 +89,11 @@ export class WebhookMetrics {
   readonly #describeSeconds: Histogram<"outcome">;
   readonly #setChanges: Counter<"cluster_id" | "region">;
   readonly #lookups: Counter<"kind" | "outcome" | "cache_hit">;
+  /** Lookups not yet added to #lookups, by label values; see recordLookup. */
+  readonly #pendingLookups = new Map<
+    string,
+    { labels: Record<"kind" | "outcome" | "cache_hit", string>; count: number }
+  >();
   readonly #certificateReloads: Counter<"outcome">;
   readonly #malformedRequests: Counter<"status_code">;
   readonly #reasons = new BoundedLabel(32);
@@ -135,11 +140,20 @@ export class WebhookMetrics {
       labelNames: ["cluster_id", "region"],
       registers,
     });
+    const pendingLookups = this.#pendingLookups;
     this.#lookups = new Counter({
       name: `${METRIC_PREFIX}kube_lookups_total`,
       help: "Owner and namespace reads by kind and outcome. cache_hit is true when the read sent no API request",
       labelNames: ["kind", "outcome", "cache_hit"],
       registers,
+      collect() {
+        for (const pending of pendingLookups.values()) {
+          if (pending.count > 0) {
+            this.inc(pending.labels, pending.count);
+            pending.count = 0;
+          }
+        }
+      },
     });
     this.#certificateReloads = new Counter({
       name: `${METRIC_PREFIX}certificate_reloads_total`,
@@ -224,7 +238,18 @@ export class WebhookMetrics {
     outcome: LookupOutcome,
     cacheHit: boolean,
   ): void {
-    this.#lookups.inc({ kind, outcome, cache_hit: String(cacheHit) });
+    // Each pod makes about three lookups, and prom-client hashes the labels of every inc, so
+    // lookups are counted here and added to the counter when it is collected.
+    const key = `${kind}|${outcome}|${cacheHit}`;
+    const pending = this.#pendingLookups.get(key);
+    if (pending === undefined) {
+      this.#pendingLookups.set(key, {
+        labels: { kind, outcome, cache_hit: String(cacheHit) },
+        count: 1,
+      });
+    } else {
+      pending.count += 1;
+    }
   }
 
   /** Records one certificate reload, in the shape of CertificateReloader's onReload hook. */
