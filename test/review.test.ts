@@ -293,3 +293,22 @@ describe("reviewResponseText", () => {
     expect(parsed.response.uid).toBe('uid "with" quotes\\');
   });
 });
+
+describe("allowWithPatch encoding", () => {
+  it.each([
+    ["ASCII", "10.0.0.1"],
+    ["Latin-1", "café"],
+    ["other scripts", "日本 \u{1f512}"],
+  ])("encodes %s values as base64 of UTF-8", (_, value) => {
+    const patch: PatchOperation[] = [
+      { op: "add", path: "/metadata/annotations/a", value },
+    ];
+
+    const response = allowWithPatch(UID, patch);
+
+    expect(decodePatch(response)).toEqual(patch);
+    expect(Buffer.from(response.patch!, "base64").toString("utf8")).toBe(
+      JSON.stringify(patch),
+    );
+  });
+});

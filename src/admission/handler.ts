@@ -269,12 +269,18 @@ export class AdmissionHandler {
       plans = new Map();
       this.#plans.set(first!, plans);
     }
-    const key = JSON.stringify([
-      options.configFormat,
-      options.configPath ?? null,
-      options.containers ?? null,
-      rest.map((cluster) => this.#clusterNumber(cluster)),
-    ]);
+    // Most pods take the defaults, and their key is the format alone; JSON keys start with "[".
+    const key =
+      options.configPath === undefined &&
+      options.containers === undefined &&
+      rest.length === 0
+        ? options.configFormat
+        : JSON.stringify([
+            options.configFormat,
+            options.configPath ?? null,
+            options.containers ?? null,
+            rest.map((cluster) => this.#clusterNumber(cluster)),
+          ]);
     let plan = plans.get(key);
     if (plan === undefined) {
       plan = buildInjectionPlan(options, clusters, this.#options.hsmCaFile);

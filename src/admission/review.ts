@@ -144,9 +144,22 @@ export function allowWithPatch(
     uid,
     allowed: true,
     patchType: "JSONPatch",
-    patch: Buffer.from(serializePatch(patch)).toString("base64"),
+    patch: base64(serializePatch(patch)),
   };
   return withWarnings(response, warnings);
+}
+
+// Characters outside ASCII, whose UTF-8 bytes btoa would not produce.
+const NON_ASCII = /[^\x00-\x7f]/;
+
+/**
+ * Encodes text as base64 of its UTF-8 bytes. A patch is ASCII unless a pod's own values moved
+ * into it, and btoa encodes ASCII text without the copy into a Buffer.
+ */
+function base64(text: string): string {
+  return NON_ASCII.test(text)
+    ? Buffer.from(text).toString("base64")
+    : btoa(text);
 }
 
 /**

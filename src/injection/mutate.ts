@@ -208,7 +208,7 @@ export function injectPod(
         metadata,
         "annotations",
         ANNOTATION_INJECTED_AT,
-        now.toISOString(),
+        isoTime(now),
       ) || changed;
   }
   return { changed, injectedContainers, warnings };
@@ -349,23 +349,21 @@ function setEnv(container: Container, vars: PlanFragments["env"]): boolean {
       `env of container "${String(container.name)}" must be a list`,
     );
   }
-  // One flag per entry of `vars`: there are four, so a search beats a Map and a Set.
-  const placed = vars.map(() => false);
+  // One bit per entry of `vars`: there are four, so a search beats a Map and a Set.
+  let placed = 0;
   const next: unknown[] = [];
   let changed = false;
   for (const entry of current) {
-    const name =
-      isObject(entry) && typeof entry.name === "string"
-        ? entry.name
-        : undefined;
     const index =
-      name === undefined ? -1 : vars.findIndex((owned) => owned.name === name);
+      isObject(entry) && typeof entry.name === "string"
+        ? ownedIndex(vars, entry.name)
+        : -1;
     if (index < 0) {
       next.push(entry);
-    } else if (placed[index]) {
+    } else if ((placed & (1 << index)) !== 0) {
       changed = true;
     } else {
-      placed[index] = true;
+      placed |= 1 << index;
       const owned = vars[index]!;
       const existing = entry as JsonObject;
       const exact =
@@ -374,16 +372,39 @@ function setEnv(container: Container, vars: PlanFragments["env"]): boolean {
       changed ||= !exact;
     }
   }
-  vars.forEach((owned, index) => {
-    if (!placed[index]) {
-      next.push(owned);
+  for (let index = 0; index < vars.length; index += 1) {
+    if ((placed & (1 << index)) === 0) {
+      next.push(vars[index]);
       changed = true;
     }
-  });
+  }
   if (changed) {
     container.env = next;
   }
   return changed;
+}
+
+// Pods admitted in the same millisecond share one timestamp text; toISOString costs about as
+// much as the rest of setting the annotations.
+let lastIsoMs = Number.NaN;
+let lastIso = "";
+
+function isoTime(now: Date): string {
+  const ms = now.getTime();
+  if (ms !== lastIsoMs) {
+    lastIso = now.toISOString();
+    lastIsoMs = ms;
+  }
+  return lastIso;
+}
+
+function ownedIndex(vars: PlanFragments["env"], name: string): number {
+  for (let index = 0; index < vars.length; index += 1) {
+    if (vars[index]!.name === name) {
+      return index;
+    }
+  }
+  return -1;
 }
 
 interface MountOutcome {

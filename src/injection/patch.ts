@@ -25,14 +25,30 @@ export function diffPods(
   mutated: unknown,
 ): PatchOperation[] {
   const operations: PatchOperation[] = [];
-  diffValue(original, mutated, "", operations);
+  diffValue(original, mutated, "", true, operations);
   return operations;
+}
+
+// Operations whose path diffPods built from tokens that JSON writes unescaped, so that
+// serializePatch need not scan the path again.
+const plainPaths = new WeakSet<PatchOperation>();
+
+function emit(
+  operation: PatchOperation,
+  plain: boolean,
+  operations: PatchOperation[],
+): void {
+  if (plain) {
+    plainPaths.add(operation);
+  }
+  operations.push(operation);
 }
 
 function diffValue(
   before: unknown,
   after: unknown,
   path: string,
+  plain: boolean,
   operations: PatchOperation[],
 ): void {
   if (before === after) {
@@ -42,42 +58,56 @@ function diffValue(
     const beforeIsList = Array.isArray(before);
     if (beforeIsList === Array.isArray(after)) {
       if (beforeIsList) {
-        diffList(before, after as unknown[], path, operations);
+        diffList(before, after as unknown[], path, plain, operations);
       } else {
         diffMap(
           before as Record<string, unknown>,
           after as Record<string, unknown>,
           path,
+          plain,
           operations,
         );
       }
       return;
     }
   }
-  operations.push({ op: "replace", path, value: after });
+  emit({ op: "replace", path, value: after }, plain, operations);
 }
 
 function diffMap(
   before: Record<string, unknown>,
   after: Record<string, unknown>,
   path: string,
+  plain: boolean,
   operations: PatchOperation[],
 ): void {
   for (const key of Object.keys(before)) {
-    const childPath = `${path}/${escapeToken(key)}`;
-    if (hasOwn(after, key)) {
-      diffValue(before[key], after[key], childPath, operations);
-    } else {
-      operations.push({ op: "remove", path: childPath });
+    if (!hasOwn(after, key)) {
+      emit(
+        { op: "remove", path: `${path}/${escapeToken(key)}` },
+        plain && !NEEDS_ESCAPE.test(key),
+        operations,
+      );
+      continue;
+    }
+    const value = after[key];
+    if (before[key] !== value) {
+      diffValue(
+        before[key],
+        value,
+        `${path}/${escapeToken(key)}`,
+        plain && !NEEDS_ESCAPE.test(key),
+        operations,
+      );
     }
   }
   for (const key of Object.keys(after)) {
     if (!hasOwn(before, key)) {
-      operations.push({
-        op: "add",
-        path: `${path}/${escapeToken(key)}`,
-        value: after[key],
-      });
+      emit(
+        { op: "add", path: `${path}/${escapeToken(key)}`, value: after[key] },
+        plain && !NEEDS_ESCAPE.test(key),
+        operations,
+      );
     }
   }
 }
@@ -86,22 +116,31 @@ function diffList(
   before: readonly unknown[],
   after: readonly unknown[],
   path: string,
+  plain: boolean,
   operations: PatchOperation[],
 ): void {
   // Removals go from the end, so each index still names the entry it named in `before`.
   for (let index = before.length - 1; index >= after.length; index -= 1) {
-    operations.push({ op: "remove", path: `${path}/${index}` });
+    emit({ op: "remove", path: `${path}/${index}` }, plain, operations);
   }
   const common = Math.min(before.length, after.length);
   for (let index = 0; index < common; index += 1) {
-    diffValue(before[index], after[index], `${path}/${index}`, operations);
+    if (before[index] !== after[index]) {
+      diffValue(
+        before[index],
+        after[index],
+        `${path}/${index}`,
+        plain,
+        operations,
+      );
+    }
   }
   for (let index = before.length; index < after.length; index += 1) {
-    operations.push({
-      op: "add",
-      path: `${path}/${index}`,
-      value: after[index],
-    });
+    emit(
+      { op: "add", path: `${path}/${index}`, value: after[index] },
+      plain,
+      operations,
+    );
   }
 }
 
@@ -109,9 +148,11 @@ function isContainer(value: unknown): value is Container {
   return typeof value === "object" && value !== null;
 }
 
+const TOKEN_ESCAPES = /[~/]/;
+
 /** Escapes one key as an RFC 6901 reference token. */
 function escapeToken(key: string): string {
-  if (!key.includes("~") && !key.includes("/")) {
+  if (!TOKEN_ESCAPES.test(key)) {
     return key;
   }
   return key.replace(/~/g, "~0").replace(/\//g, "~1");
@@ -144,7 +185,10 @@ export function serializePatch(operations: readonly PatchOperation[]): string {
     if (index > 0) {
       text += ",";
     }
-    text += `{"op":"${operation.op}","path":${stringJson(operation.path)}`;
+    const path = plainPaths.has(operation)
+      ? `"${operation.path}"`
+      : stringJson(operation.path);
+    text += `{"op":"${operation.op}","path":${path}`;
     if (operation.op !== "remove") {
       text += `,"value":${valueJson(operation.value)}`;
     }

@@ -184,7 +184,8 @@ export function buildApp(options: AppOptions) {
             : shorten(admission.namespace),
         pod: podDisplayName(admission.object),
         operation: admission.operation,
-        dryRun: admission.dryRun,
+        // Only dry runs carry the field; most lines need not repeat false.
+        dryRun: admission.dryRun ? true : undefined,
         decision: result?.outcome ?? "error",
         reason: result?.reason,
         clusterId: result?.clusterId,
