@@ -3,6 +3,7 @@ import { describe, expect, it } from "vitest";
 
 import {
   diffPods,
+  diffPodsToJson,
   serializePatch,
   type PatchOperation,
 } from "../src/injection/patch.js";
@@ -90,6 +91,41 @@ describe("diffPods", () => {
       { numRuns: 500 },
     );
   });
+
+  it("writes as JSON text what it returns as operations", () => {
+    const key = fc.oneof(
+      fc.constantFrom("a", "a/b", "~", 'q"', "\\", "é", "\u0001"),
+      fc.string({ unit: "binary", maxLength: 6 }),
+    );
+    const leaf = fc.oneof(
+      fc.jsonValue({ maxDepth: 1 }),
+      fc.string({ unit: "binary", maxLength: 8 }),
+      fc.string({ minLength: 256, maxLength: 300 }),
+    );
+    const { map } = fc.letrec((tie) => ({
+      value: fc.oneof(
+        { depthSize: "small" },
+        leaf,
+        fc.array(tie("value"), { maxLength: 3 }),
+        tie("map"),
+      ),
+      map: fc
+        .array(fc.tuple(key, tie("value")), { maxLength: 4 })
+        .map((entries) => Object.fromEntries(entries)),
+    }));
+
+    fc.assert(
+      fc.property(map, map, (before, after) => {
+        const operations = diffPods(before, after);
+        const text = diffPodsToJson(before, after);
+
+        expect(text.json).toBe(JSON.stringify(operations));
+        expect(text.length).toBe(operations.length);
+        expect(text.ascii).toBe(/^[\x00-\x7f]*$/.test(text.json));
+      }),
+      { numRuns: 500 },
+    );
+  });
 });
 
 describe("serializePatch", () => {
@@ -114,7 +150,11 @@ describe("serializePatch", () => {
   it("writes the text that JSON.stringify writes", () => {
     fc.assert(
       fc.property(fc.array(operation, { maxLength: 12 }), (patch) => {
-        expect(serializePatch(patch)).toBe(JSON.stringify(patch));
+        const text = serializePatch(patch);
+
+        expect(text.json).toBe(JSON.stringify(patch));
+        expect(text.length).toBe(patch.length);
+        expect(text.ascii).toBe(/^[\x00-\x7f]*$/.test(text.json));
       }),
       { numRuns: 500 },
     );
@@ -126,9 +166,9 @@ describe("serializePatch", () => {
       { op: "add", path: "/spec/volumes/0", value: volume },
     ];
 
-    const first = serializePatch(patch);
+    const first = serializePatch(patch).json;
 
-    expect(serializePatch(patch)).toBe(first);
+    expect(serializePatch(patch).json).toBe(first);
     expect(first).toBe(JSON.stringify(patch));
   });
 });

@@ -12,13 +12,13 @@ import type {
   InjectionDecision,
   InjectionOptions,
 } from "../injection/resolve.js";
-import { diffPods } from "../injection/patch.js";
+import { diffPodsToJson } from "../injection/patch.js";
 import { isObject, type JsonObject } from "../injection/pod.js";
 import { buildInjectionPlan } from "../injection/plan.js";
 import { ownedView } from "../injection/view.js";
 import {
   allow,
-  allowWithPatch,
+  allowWithPatchText,
   deny,
   type AdmissionRequest,
   type AdmissionResponse,
@@ -178,15 +178,20 @@ export class AdmissionHandler {
       throw error;
     }
 
-    const patch = result.changed ? diffPods(original, mutated) : [];
+    const patch = result.changed
+      ? diffPodsToJson(original, mutated)
+      : undefined;
     const warnings = [
       ...decision.warnings,
       ...usable.warnings,
       ...result.warnings,
     ];
     return {
-      response: allowWithPatch(uid, patch, warnings),
-      outcome: patch.length > 0 ? "injected" : "unchanged",
+      response:
+        patch === undefined
+          ? allow(uid, warnings)
+          : allowWithPatchText(uid, patch, warnings),
+      outcome: (patch?.length ?? 0) > 0 ? "injected" : "unchanged",
       clusterId: plan.clusterId,
       ipCount: plan.ips.length,
     };

@@ -1,5 +1,9 @@
 import { isObject, ownString, type JsonObject } from "../injection/pod.js";
-import { serializePatch, type PatchOperation } from "../injection/patch.js";
+import {
+  serializePatch,
+  type PatchOperation,
+  type PatchText,
+} from "../injection/patch.js";
 
 /** AdmissionReview versions the webhook accepts and responds in. */
 export const ADMISSION_VERSIONS = [
@@ -137,6 +141,15 @@ export function allowWithPatch(
   patch: readonly PatchOperation[],
   warnings: readonly string[] = [],
 ): AdmissionResponse {
+  return allowWithPatchText(uid, serializePatch(patch), warnings);
+}
+
+/** Admits the object with a patch already written as JSON text, as diffPodsToJson writes it. */
+export function allowWithPatchText(
+  uid: string,
+  patch: PatchText,
+  warnings: readonly string[] = [],
+): AdmissionResponse {
   if (patch.length === 0) {
     return allow(uid, warnings);
   }
@@ -144,22 +157,13 @@ export function allowWithPatch(
     uid,
     allowed: true,
     patchType: "JSONPatch",
-    patch: base64(serializePatch(patch)),
+    // btoa encodes ASCII text without a copy into a Buffer, and gives the bytes of UTF-8 only
+    // for ASCII.
+    patch: patch.ascii
+      ? btoa(patch.json)
+      : Buffer.from(patch.json).toString("base64"),
   };
   return withWarnings(response, warnings);
-}
-
-// Characters outside ASCII, whose UTF-8 bytes btoa would not produce.
-const NON_ASCII = /[^\x00-\x7f]/;
-
-/**
- * Encodes text as base64 of its UTF-8 bytes. A patch is ASCII unless a pod's own values moved
- * into it, and btoa encodes ASCII text without the copy into a Buffer.
- */
-function base64(text: string): string {
-  return NON_ASCII.test(text)
-    ? Buffer.from(text).toString("base64")
-    : btoa(text);
 }
 
 /**
@@ -199,7 +203,7 @@ export function reviewResponseText(
     `{"apiVersion":${JSON.stringify(apiVersion)},"kind":"AdmissionReview",` +
     `"response":{"uid":${JSON.stringify(response.uid)},"allowed":${response.allowed}`;
   if (response.patchType !== undefined && response.patch !== undefined) {
-    // Only allowWithPatch sets a patch, and it sets base64 text.
+    // Only allowWithPatchText sets a patch, and it sets base64 text.
     text += `,"patchType":"${response.patchType}","patch":"${response.patch}"`;
   }
   if (response.status !== undefined) {

@@ -3,7 +3,30 @@ export type PatchOperation =
   | { op: "add" | "replace"; path: string; value: unknown }
   | { op: "remove"; path: string };
 
+/** A patch as JSON text, for an AdmissionResponse. */
+export interface PatchText {
+  /** The JSON array of operations; "[]" when nothing changed. */
+  readonly json: string;
+  readonly length: number;
+  /** True when `json` holds only ASCII characters, so its UTF-8 bytes are its characters. */
+  readonly ascii: boolean;
+}
+
 type Container = Record<string, unknown> | unknown[];
+
+/** Receives the operations of a diff, in order. */
+interface Sink {
+  /**
+   * `plain` is true when the path holds no character that JSON escapes and no character outside
+   * ASCII, so it can be written between quotes as it is.
+   */
+  add(
+    op: PatchOperation["op"],
+    path: string,
+    plain: boolean,
+    value?: unknown,
+  ): void;
+}
 
 const hasOwn = (object: object, key: string): boolean =>
   Object.prototype.hasOwnProperty.call(object, key);
@@ -25,23 +48,41 @@ export function diffPods(
   mutated: unknown,
 ): PatchOperation[] {
   const operations: PatchOperation[] = [];
-  diffValue(original, mutated, "", true, operations);
+  diffValue(original, mutated, "", true, {
+    add(op, path, _plain, value) {
+      operations.push(op === "remove" ? { op, path } : { op, path, value });
+    },
+  });
   return operations;
 }
 
-// Operations whose path diffPods built from tokens that JSON writes unescaped, so that
-// serializePatch need not scan the path again.
-const plainPaths = new WeakSet<PatchOperation>();
+/**
+ * Computes the same patch as diffPods, as the JSON text that JSON.stringify would write for it,
+ * without building the operation objects. The admission handler sends this text.
+ */
+export function diffPodsToJson(original: unknown, mutated: unknown): PatchText {
+  const writer = new PatchWriter();
+  diffValue(original, mutated, "", true, writer);
+  return writer.finish();
+}
 
-function emit(
-  operation: PatchOperation,
-  plain: boolean,
-  operations: PatchOperation[],
-): void {
-  if (plain) {
-    plainPaths.add(operation);
+/**
+ * Serializes a patch from diffPods as JSON text, the same text that JSON.stringify gives, since
+ * diffPods takes its values from parsed JSON and never emits undefined.
+ */
+export function serializePatch(
+  operations: readonly PatchOperation[],
+): PatchText {
+  const writer = new PatchWriter();
+  for (const operation of operations) {
+    writer.add(
+      operation.op,
+      operation.path,
+      false,
+      operation.op === "remove" ? undefined : operation.value,
+    );
   }
-  operations.push(operation);
+  return writer.finish();
 }
 
 function diffValue(
@@ -49,7 +90,7 @@ function diffValue(
   after: unknown,
   path: string,
   plain: boolean,
-  operations: PatchOperation[],
+  sink: Sink,
 ): void {
   if (before === after) {
     return;
@@ -58,20 +99,20 @@ function diffValue(
     const beforeIsList = Array.isArray(before);
     if (beforeIsList === Array.isArray(after)) {
       if (beforeIsList) {
-        diffList(before, after as unknown[], path, plain, operations);
+        diffList(before, after as unknown[], path, plain, sink);
       } else {
         diffMap(
           before as Record<string, unknown>,
           after as Record<string, unknown>,
           path,
           plain,
-          operations,
+          sink,
         );
       }
       return;
     }
   }
-  emit({ op: "replace", path, value: after }, plain, operations);
+  sink.add("replace", path, plain, after);
 }
 
 function diffMap(
@@ -79,15 +120,11 @@ function diffMap(
   after: Record<string, unknown>,
   path: string,
   plain: boolean,
-  operations: PatchOperation[],
+  sink: Sink,
 ): void {
   for (const key of Object.keys(before)) {
     if (!hasOwn(after, key)) {
-      emit(
-        { op: "remove", path: `${path}/${escapeToken(key)}` },
-        plain && !NEEDS_ESCAPE.test(key),
-        operations,
-      );
+      sink.add("remove", `${path}/${escapeToken(key)}`, plain && isPlain(key));
       continue;
     }
     const value = after[key];
@@ -96,17 +133,18 @@ function diffMap(
         before[key],
         value,
         `${path}/${escapeToken(key)}`,
-        plain && !NEEDS_ESCAPE.test(key),
-        operations,
+        plain && isPlain(key),
+        sink,
       );
     }
   }
   for (const key of Object.keys(after)) {
     if (!hasOwn(before, key)) {
-      emit(
-        { op: "add", path: `${path}/${escapeToken(key)}`, value: after[key] },
-        plain && !NEEDS_ESCAPE.test(key),
-        operations,
+      sink.add(
+        "add",
+        `${path}/${escapeToken(key)}`,
+        plain && isPlain(key),
+        after[key],
       );
     }
   }
@@ -117,30 +155,20 @@ function diffList(
   after: readonly unknown[],
   path: string,
   plain: boolean,
-  operations: PatchOperation[],
+  sink: Sink,
 ): void {
   // Removals go from the end, so each index still names the entry it named in `before`.
   for (let index = before.length - 1; index >= after.length; index -= 1) {
-    emit({ op: "remove", path: `${path}/${index}` }, plain, operations);
+    sink.add("remove", `${path}/${index}`, plain);
   }
   const common = Math.min(before.length, after.length);
   for (let index = 0; index < common; index += 1) {
     if (before[index] !== after[index]) {
-      diffValue(
-        before[index],
-        after[index],
-        `${path}/${index}`,
-        plain,
-        operations,
-      );
+      diffValue(before[index], after[index], `${path}/${index}`, plain, sink);
     }
   }
   for (let index = before.length; index < after.length; index += 1) {
-    emit(
-      { op: "add", path: `${path}/${index}`, value: after[index] },
-      plain,
-      operations,
-    );
+    sink.add("add", `${path}/${index}`, plain, after[index]);
   }
 }
 
@@ -158,71 +186,109 @@ function escapeToken(key: string): string {
   return key.replace(/~/g, "~0").replace(/\//g, "~1");
 }
 
+// Characters that JSON.stringify escapes in a string (quote, backslash, controls, surrogates),
+// and every other character outside ASCII.
+const NOT_PLAIN = /["\\\u0000-\u001f\u007f-\uffff]/;
+
+function isPlain(text: string): boolean {
+  return !NOT_PLAIN.test(text);
+}
+
+/** JSON text of a value, and whether that text is ASCII. */
+interface Encoded {
+  readonly json: string;
+  readonly ascii: boolean;
+}
+
 // JSON text of frozen values, which injection shares between pods: the config volume, the config
 // mount and the webhook's env entries of each plan. Keyed weakly, so an old plan's entries go
 // when the plan does.
-const frozenJson = new WeakMap<object, string>();
+const frozenJson = new WeakMap<object, Encoded>();
 
 // JSON text of long strings, such as the rendered config, which every patch of a plan carries.
 // Bounded, because the keys are held strongly.
-const longStringJson = new Map<string, string>();
+const longStringJson = new Map<string, Encoded>();
 const LONG_STRING_LENGTH = 256;
 const LONG_STRING_CACHE_LIMIT = 64;
 
-// Characters that JSON.stringify escapes in a string: quote, backslash, controls and surrogates.
-const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
+const NON_ASCII = /[^\u0000-\u007f]/;
+
+function encode(value: unknown): Encoded {
+  const json = JSON.stringify(value);
+  return { json, ascii: !NON_ASCII.test(json) };
+}
 
 /**
- * Serializes a patch from diffPods as JSON text, the same text that JSON.stringify gives, since
- * diffPods takes its values from parsed JSON and never emits undefined. On Node 20
- * JSON.stringify costs about 5 µs for a typical pod's ten operations, a large share of an
- * admission, so the values that repeat from pod to pod are encoded once and reused.
+ * Writes operations as JSON text. On Node 20 JSON.stringify costs about 5 µs for a typical
+ * pod's ten operations, a large share of an admission, so the values that repeat from pod to
+ * pod are encoded once and reused, and paths that need no escaping are written as they are.
  */
-export function serializePatch(operations: readonly PatchOperation[]): string {
-  let text = "[";
-  for (let index = 0; index < operations.length; index += 1) {
-    const operation = operations[index]!;
-    if (index > 0) {
-      text += ",";
-    }
-    const path = plainPaths.has(operation)
-      ? `"${operation.path}"`
-      : stringJson(operation.path);
-    text += `{"op":"${operation.op}","path":${path}`;
-    if (operation.op !== "remove") {
-      text += `,"value":${valueJson(operation.value)}`;
-    }
-    text += "}";
-  }
-  return `${text}]`;
-}
+class PatchWriter implements Sink {
+  #json = "[";
+  #length = 0;
+  #ascii = true;
 
-function valueJson(value: unknown): string {
-  if (typeof value === "string") {
-    if (value.length < LONG_STRING_LENGTH) {
-      return stringJson(value);
+  add(
+    op: PatchOperation["op"],
+    path: string,
+    plain: boolean,
+    value?: unknown,
+  ): void {
+    if (this.#length > 0) {
+      this.#json += ",";
     }
-    let text = longStringJson.get(value);
-    if (text === undefined) {
-      text = JSON.stringify(value);
-      if (longStringJson.size >= LONG_STRING_CACHE_LIMIT) {
-        longStringJson.clear();
+    this.#length += 1;
+    this.#json += `{"op":"${op}","path":`;
+    if (plain) {
+      this.#json += `"${path}"`;
+    } else {
+      this.#append(encode(path));
+    }
+    if (op !== "remove") {
+      this.#json += `,"value":`;
+      this.#append(this.#value(value));
+    }
+    this.#json += "}";
+  }
+
+  finish(): PatchText {
+    return {
+      json: `${this.#json}]`,
+      length: this.#length,
+      ascii: this.#ascii,
+    };
+  }
+
+  #append(encoded: Encoded): void {
+    this.#json += encoded.json;
+    this.#ascii &&= encoded.ascii;
+  }
+
+  #value(value: unknown): Encoded {
+    if (typeof value === "string") {
+      if (value.length < LONG_STRING_LENGTH) {
+        return isPlain(value)
+          ? { json: `"${value}"`, ascii: true }
+          : encode(value);
       }
-      longStringJson.set(value, text);
+      let encoded = longStringJson.get(value);
+      if (encoded === undefined) {
+        encoded = encode(value);
+        if (longStringJson.size >= LONG_STRING_CACHE_LIMIT) {
+          longStringJson.clear();
+        }
+        longStringJson.set(value, encoded);
+      }
+      return encoded;
     }
-    return text;
-  }
-  if (typeof value === "object" && value !== null && Object.isFrozen(value)) {
-    let text = frozenJson.get(value);
-    if (text === undefined) {
-      text = JSON.stringify(value);
-      frozenJson.set(value, text);
+    if (typeof value === "object" && value !== null && Object.isFrozen(value)) {
+      let encoded = frozenJson.get(value);
+      if (encoded === undefined) {
+        encoded = encode(value);
+        frozenJson.set(value, encoded);
+      }
+      return encoded;
     }
-    return text;
+    return encode(value);
   }
-  return JSON.stringify(value);
-}
-
-function stringJson(value: string): string {
-  return NEEDS_ESCAPE.test(value) ? JSON.stringify(value) : `"${value}"`;
 }
