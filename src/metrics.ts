@@ -240,7 +240,8 @@ export class WebhookMetrics {
   ): void {
     // Each pod makes about three lookups, and prom-client hashes the labels of every inc, so
     // lookups are counted here and added to the counter when it is collected.
-    const key = `${kind}|${outcome}|${cacheHit}`;
+    const key =
+      outcome === "ok" && cacheHit ? kind : `${kind}|${outcome}|${cacheHit}`;
     const pending = this.#pendingLookups.get(key);
     if (pending === undefined) {
       this.#pendingLookups.set(key, {
