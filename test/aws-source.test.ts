@@ -1,9 +1,10 @@
 // Drives the real CloudHSM v2 SDK client through AwsHsmSource against a loopback fake.
+import { AsyncLocalStorage } from "node:async_hooks";
 import { createServer } from "node:net";
 import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 
 import {
   AwsHsmSource,
@@ -348,6 +349,24 @@ describe("AwsHsmSource errors", () => {
     expect(snapshot.hsms).toHaveLength(5);
     expect(fake.calls).toBe(2);
     expect(fake.requests.map((request) => request.status)).toEqual([400, 200]);
+  });
+
+  it("retries without AsyncLocalStorage", async () => {
+    // On Node 20 the first AsyncLocalStorage run turns on promise hooks for the whole process,
+    // which slows every admission that follows.
+    const run = vi.spyOn(AsyncLocalStorage.prototype, "run");
+    const enterWith = vi.spyOn(AsyncLocalStorage.prototype, "enterWith");
+    fake.setFault("throttling", 1);
+    try {
+      await createSource({ maxAttempts: 2 }).describe(CLUSTER_ID, REGION);
+
+      expect(fake.calls).toBe(2);
+      expect(run).not.toHaveBeenCalled();
+      expect(enterWith).not.toHaveBeenCalled();
+    } finally {
+      run.mockRestore();
+      enterWith.mockRestore();
+    }
   });
 
   it("stops after maxAttempts attempts", async () => {
