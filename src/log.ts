@@ -17,7 +17,7 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 /**
  * Options for every pino logger the webhook creates. Request bodies and headers are never logged,
  * and these paths are redacted in case a caller passes a whole object by mistake. Wildcard paths
- * such as `*.env` would make every line cost about a third more, so only fixed paths are listed,
+ * such as `*.env` made every line cost about a third more in a loop, so only fixed paths are listed,
  * and log calls name their fields one by one.
  */
 export function loggerOptions(level: LogLevel): pino.LoggerOptions {
@@ -31,14 +31,9 @@ export function loggerOptions(level: LogLevel): pino.LoggerOptions {
   };
 }
 
-/** Creates a logger for commands that run without the HTTP server. */
-export function createLogger(level: LogLevel): PinoLogger {
-  return pino(loggerOptions(level));
-}
-
 /** Bytes of log lines that the server collects before it writes them to stdout. */
 export const SERVER_LOG_BUFFER_BYTES = 4096;
-/** The longest a line waits in that buffer, in milliseconds. */
+/** Maximum time in milliseconds that a line waits in that buffer. */
 export const SERVER_LOG_FLUSH_MS = 1000;
 
 /**

@@ -13,7 +13,7 @@ import type { Decider, LookupFailed } from "./handler.js";
 /** Reads the annotations of a pod's owners and namespace from the API server. */
 export interface ChainReader {
   read(namespace: string, ownerReferences: unknown): Promise<AnnotationChain>;
-  /** The chain when the reader has it at hand, or undefined to call read(). */
+  /** Returns the chain without I/O when the reader has it cached, and undefined otherwise. */
   readCached?(
     namespace: string,
     ownerReferences: unknown,
@@ -35,7 +35,7 @@ export function podSource(pod: JsonObject): AnnotationSource {
         continue;
       }
       if (key === "__proto__") {
-        // Assignment would set the prototype; the key is data here.
+        // Assignment would set the prototype, but here the key is data.
         Object.defineProperty(annotations, key, { value, enumerable: true });
       } else {
         annotations[key] = value;

@@ -91,7 +91,7 @@ export interface HandlerResult {
   readonly reason?: string;
 }
 
-// Plans per cached list of the first cluster; each combination of options needs its own.
+// Maximum plans per cached list of the first cluster. Each combination of options needs a plan.
 const PLAN_CACHE_LIMIT = 256;
 
 /**
@@ -261,7 +261,7 @@ export class AdmissionHandler {
   /**
    * Returns the plan for these options and clusters, reusing it while the cluster lists behind
    * it are unchanged, so a busy webhook renders each config once per refresh and not once per
-   * pod. Cached lists are replaced by new objects on every refresh, so their identity tells
+   * pod. Cached lists are replaced by new objects on every refresh, so their identity shows
    * whether a plan is current.
    */
   #plan(
@@ -274,7 +274,8 @@ export class AdmissionHandler {
       plans = new Map();
       this.#plans.set(first!, plans);
     }
-    // Most pods take the defaults, and their key is the format alone; JSON keys start with "[".
+    // Most pods take the defaults, and their key is the format alone. A format is a word, so it
+    // cannot collide with a JSON key, which starts with "[".
     const key =
       options.configPath === undefined &&
       options.containers === undefined &&

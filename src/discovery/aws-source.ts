@@ -121,11 +121,11 @@ function retryToken(retryCount: number, delayMs: number): RetryToken {
 /**
  * Fetches cluster descriptions from the CloudHSM v2 API with DescribeClusters.
  *
- * Each call sends its requests through an SDK client of its own, whose retry strategy knows the
- * call's deadline and abort signal. The clients of one region share a connection pool and a
- * credential provider, which a base client per region holds from its first use. An earlier
- * design shared one client and found the call through AsyncLocalStorage, but on Node 20 that
- * turns on promise hooks for the whole process, and every admission paid for them.
+ * Each call sends its requests through an SDK client of its own, whose retry strategy is built
+ * with the call's deadline and abort signal. The clients of one region share a connection pool
+ * and a credential provider, which a base client per region keeps from its first use. The call
+ * is not found through AsyncLocalStorage, because on Node 20 that turns on promise hooks for
+ * the whole process, and every admission would pay for them.
  *
  * The SDK reads AWS_MAX_ATTEMPTS and AWS_RETRY_MODE only for its built-in strategy, which this
  * source replaces, so `maxAttempts` is the only retry setting.

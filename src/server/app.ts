@@ -55,8 +55,8 @@ export function buildApp(options: AppOptions) {
     },
     loggerInstance: options.logger,
     // Fastify would give every request a child logger that binds a request id. The decision
-    // line carries the admission uid instead, and a child per request cost about a tenth of the
-    // webhook's time per admission, so requests log through the server's logger.
+    // line carries the admission uid instead. Child loggers, fastify's and one for the uid, cost
+    // about 25 µs per admission in a loop, so requests log through the server's logger.
     childLoggerFactory: (logger) => logger,
     bodyLimit: BODY_LIMIT_BYTES,
     // One decision line per admission replaces fastify's request and response lines.
@@ -184,7 +184,7 @@ export function buildApp(options: AppOptions) {
             : shorten(admission.namespace),
         pod: podDisplayName(admission.object),
         operation: admission.operation,
-        // Only dry runs carry the field; most lines need not repeat false.
+        // Only dry runs carry the field, so most lines do not repeat false.
         dryRun: admission.dryRun ? true : undefined,
         decision: result?.outcome ?? "error",
         reason: result?.reason,
