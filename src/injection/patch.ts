@@ -225,7 +225,9 @@ function encode(value: unknown): Encoded {
  * written as they are.
  */
 class PatchWriter implements Sink {
-  #json = "[";
+  // Pieces joined once at the end: appending to one string would build a rope of small strings
+  // that is copied again when the text is encoded.
+  readonly #pieces: string[] = ["["];
   #length = 0;
   #ascii = true;
 
@@ -235,42 +237,44 @@ class PatchWriter implements Sink {
     plain: boolean,
     value?: unknown,
   ): void {
-    if (this.#length > 0) {
-      this.#json += ",";
-    }
+    const pieces = this.#pieces;
+    pieces.push(this.#length > 0 ? OPENERS_AFTER_FIRST[op] : OPENERS[op]);
     this.#length += 1;
-    this.#json += `{"op":"${op}","path":`;
     if (plain) {
-      this.#json += `"${path}"`;
+      pieces.push('"', path, '"');
     } else {
       this.#append(encode(path));
     }
     if (op !== "remove") {
-      this.#json += `,"value":`;
-      this.#append(this.#value(value));
+      pieces.push(VALUE_KEY);
+      this.#value(value);
     }
-    this.#json += "}";
+    pieces.push("}");
   }
 
   finish(): PatchText {
+    this.#pieces.push("]");
     return {
-      json: `${this.#json}]`,
+      json: this.#pieces.join(""),
       length: this.#length,
       ascii: this.#ascii,
     };
   }
 
   #append(encoded: Encoded): void {
-    this.#json += encoded.json;
+    this.#pieces.push(encoded.json);
     this.#ascii &&= encoded.ascii;
   }
 
-  #value(value: unknown): Encoded {
+  #value(value: unknown): void {
     if (typeof value === "string") {
       if (value.length < LONG_STRING_LENGTH) {
-        return isPlain(value)
-          ? { json: `"${value}"`, ascii: true }
-          : encode(value);
+        if (isPlain(value)) {
+          this.#pieces.push('"', value, '"');
+        } else {
+          this.#append(encode(value));
+        }
+        return;
       }
       let encoded = longStringJson.get(value);
       if (encoded === undefined) {
@@ -280,7 +284,8 @@ class PatchWriter implements Sink {
         }
         longStringJson.set(value, encoded);
       }
-      return encoded;
+      this.#append(encoded);
+      return;
     }
     if (typeof value === "object" && value !== null && Object.isFrozen(value)) {
       let encoded = frozenJson.get(value);
@@ -288,8 +293,21 @@ class PatchWriter implements Sink {
         encoded = encode(value);
         frozenJson.set(value, encoded);
       }
-      return encoded;
+      this.#append(encoded);
+      return;
     }
-    return encode(value);
+    this.#append(encode(value));
   }
 }
+
+const OPENERS: Readonly<Record<PatchOperation["op"], string>> = {
+  add: '{"op":"add","path":',
+  replace: '{"op":"replace","path":',
+  remove: '{"op":"remove","path":',
+};
+const OPENERS_AFTER_FIRST: Readonly<Record<PatchOperation["op"], string>> = {
+  add: `,${OPENERS.add}`,
+  replace: `,${OPENERS.replace}`,
+  remove: `,${OPENERS.remove}`,
+};
+const VALUE_KEY = ',"value":';
