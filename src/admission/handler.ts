@@ -158,7 +158,7 @@ export class AdmissionHandler {
     const cached = usable.clusters;
 
     const plan = this.#plan(options, cached);
-    const original = ownedView(pod);
+    const original = ownedView(pod, false);
     const mutated = ownedView(pod);
     let result;
     try {

@@ -9,14 +9,15 @@ const has = (object: JsonObject, key: string): boolean =>
  * so diffing two views costs the same for a 1 KB pod and a 1 MB pod with large unrelated fields.
  *
  * A view mirrors which keys exist in the pod, so a diff of two views yields paths that apply to
- * the whole pod. Maps are copied, because injection sets keys in them; arrays are shared,
- * because injection replaces arrays instead of changing them.
+ * the whole pod. Maps are copied, because injection sets keys in them, and arrays are shared,
+ * because injection replaces arrays instead of changing them. With `copyMaps` false the view
+ * shares the pod's maps too. That suits the unchanged side of a diff, and saves the copies.
  */
-export function ownedView(pod: JsonObject): JsonObject {
+export function ownedView(pod: JsonObject, copyMaps = true): JsonObject {
   const view: JsonObject = {};
   if (has(pod, "metadata")) {
     view.metadata = isObject(pod.metadata)
-      ? pick(pod.metadata, ["annotations", "labels"], copyMap)
+      ? pick(pod.metadata, ["annotations", "labels"], copyMaps ? copyMap : same)
       : pod.metadata;
   }
   if (has(pod, "spec")) {
@@ -26,24 +27,24 @@ export function ownedView(pod: JsonObject): JsonObject {
 }
 
 function specView(spec: JsonObject): JsonObject {
-  const view = pick(spec, ["volumes"], (value) => value);
+  const view = pick(spec, ["volumes"], same);
   for (const key of ["containers", "initContainers"]) {
     if (has(spec, key)) {
       const list = spec[key];
       view[key] = Array.isArray(list)
         ? list.map((container) =>
             isObject(container)
-              ? pick(
-                  container,
-                  ["name", "env", "volumeMounts"],
-                  (value) => value,
-                )
+              ? pick(container, ["name", "env", "volumeMounts"], same)
               : container,
           )
         : list;
     }
   }
   return view;
+}
+
+function same(value: unknown): unknown {
+  return value;
 }
 
 function pick(

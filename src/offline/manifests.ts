@@ -289,7 +289,7 @@ export function injectManifests(
     }
     const injection = buildInjectionPlan(options, rendered, hsmCaFile);
 
-    const original = ownedView(target.template);
+    const original = ownedView(target.template, false);
     const mutated = ownedView(target.template);
     let result;
     try {

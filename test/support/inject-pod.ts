@@ -42,7 +42,7 @@ export function runInjection(
   plan: InjectionPlan,
   now: Date,
 ): InjectionRun {
-  const before = ownedView(original);
+  const before = ownedView(original, false);
   const after = ownedView(original);
   const result = injectPod(after, plan, now);
   const patch = diffPods(before, after);
