@@ -139,7 +139,7 @@ test("a decision line reaches stdout within the flush interval", async () => {
   });
 });
 
-test("SIGTERM drains in-flight requests and exits 0", async () => {
+test("SIGTERM, even sent twice, drains requests and exits 0", async () => {
   // A pod for a cluster not yet cached waits on a DescribeClusters call that the fake delays.
   aws.setFault({ kind: "delay", ms: 1_500 }, 1);
   const pod = annotatedPod({
@@ -166,6 +166,8 @@ test("SIGTERM drains in-flight requests and exits 0", async () => {
     "/readyz",
   );
   expect(readiness.status).toBe(503);
+  // A second signal, as an impatient operator or a runtime sends it, must not cut the drain short.
+  child.kill("SIGTERM");
 
   const reply = await inFlight;
   expect(reply.status).toBe(200);

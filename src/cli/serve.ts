@@ -275,6 +275,19 @@ export async function runServe(
   }
   const config = readServeConfig(values);
   const logger = createServerLogger(config.logLevel);
+
+  // Handlers stay installed until exit: a signal without one would end the process at once and
+  // lose the log lines still buffered. Before the server serves, there is nothing to drain, so
+  // a signal exits as soon as the log is written.
+  let onSignal = (signal: NodeJS.Signals): void => {
+    logger.info({ signal }, "stopping before the server started");
+    logger.flush(() => process.exit(0));
+    setTimeout(() => process.exit(0), LOG_FLUSH_WAIT_MS);
+  };
+  const handleSignal = (signal: NodeJS.Signals): void => onSignal(signal);
+  process.on("SIGTERM", handleSignal);
+  process.on("SIGINT", handleSignal);
+
   const webhook = await startWebhook(config, { logger });
 
   return new Promise<number>((resolve) => {
@@ -294,8 +307,10 @@ export async function runServe(
           { timeoutMs: config.shutdownTimeoutMs },
           "shutdown timed out with requests in flight",
         );
-        // Open connections would keep the process alive past the grace period.
-        process.exit(1);
+        // Open connections would keep the process alive past the grace period. The log is
+        // flushed first: a synchronous flush at exit can drop a batch that stdout refused.
+        logger.flush(() => process.exit(1));
+        setTimeout(() => process.exit(1), LOG_FLUSH_WAIT_MS);
       }, config.shutdownTimeoutMs);
       forced.unref();
       // Requests keep arriving until every API server has dropped the endpoint, so the listener
@@ -315,7 +330,9 @@ export async function runServe(
           },
         );
     };
-    process.once("SIGTERM", stop);
-    process.once("SIGINT", stop);
+    onSignal = stop;
   });
 }
+
+/** How long a forced exit waits for the log to be written. */
+const LOG_FLUSH_WAIT_MS = 2_000;
