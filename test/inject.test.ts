@@ -580,6 +580,20 @@ describe("inject errors", () => {
     );
   });
 
+  it("names the template when the patch cannot be applied", async () => {
+    const run = await inject([
+      "-f",
+      `${FIXTURES}/proto-env.yaml`,
+      ...STATIC_FLAGS,
+    ]);
+
+    expect(run.code).toBe(1);
+    expect(run.stdout).toBe("");
+    expect(run.stderr).toContain(
+      'cloudhsm-webhook inject: document 1 (Pod shop/debug): cannot apply the CloudHSM changes to this template: the change passes through a "__proto__" key',
+    );
+  });
+
   it("writes nothing when a later document fails", async () => {
     const text = `${fixture}---\napiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: broken\n`;
     const run = await inject(["-f", "-", ...STATIC_FLAGS], { stdin: text });

@@ -310,12 +310,27 @@ export function injectManifests(
     // The API server applies the webhook's patch to the whole pod. Here it is applied to a copy
     // of the template, and the YAML node is then brought to the result.
     const patch = diffPods(original, mutated);
-    const updated = fastJsonPatch.applyPatch(
-      structuredClone(target.template),
-      patch,
-      false,
-      true,
-    ).newDocument;
+    let updated;
+    try {
+      updated = fastJsonPatch.applyPatch(
+        structuredClone(target.template),
+        patch,
+        false,
+        true,
+      ).newDocument;
+    } catch (error) {
+      // NOTE: fast-json-patch refuses a path through a "__proto__" key. The diff takes one when
+      // an env entry with that key moves, after a duplicate CLOUDHSM_* entry is dropped. The
+      // webhook's patch for such a pod is correct; only this offline copy cannot be updated.
+      const cause = (error as Error).message.includes("__proto__")
+        ? 'the change passes through a "__proto__" key, which this command cannot write; remove duplicate CLOUDHSM_* env entries from the template'
+        : (error as Error).message;
+      problems.push({
+        location,
+        message: `cannot apply the CloudHSM changes to this template: ${cause}`,
+      });
+      continue;
+    }
     try {
       useBlockStyle(target.parsed);
       assertEditable(target.parsed.document, target.path);
