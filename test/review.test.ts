@@ -241,6 +241,15 @@ describe("admission responses", () => {
     expect(warning.endsWith("...")).toBe(ellipsis);
   });
 
+  it("never cuts a warning inside a surrogate pair", () => {
+    const warning = `${"a".repeat(236)}${"\u{1f512}".repeat(3)}`;
+
+    const [cut] = allow(UID, [warning]).warnings!;
+
+    expect(cut).toBe(`${"a".repeat(236)}...`);
+    expect(cut).not.toMatch(/[\ud800-\udbff](?![\udc00-\udfff])/);
+  });
+
   it("leaves warnings input unchanged", () => {
     const warnings = ["y".repeat(300)];
 

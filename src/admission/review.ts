@@ -223,13 +223,20 @@ function withWarnings(
   warnings: readonly string[],
 ): AdmissionResponse {
   if (warnings.length > 0) {
-    response.warnings = warnings
-      .slice(0, MAX_WARNINGS)
-      .map((warning) =>
-        warning.length > MAX_WARNING_LENGTH
-          ? `${warning.slice(0, MAX_WARNING_LENGTH - 3)}...`
-          : warning,
-      );
+    response.warnings = warnings.slice(0, MAX_WARNINGS).map(shortenWarning);
   }
   return response;
+}
+
+/** Cuts a warning to MAX_WARNING_LENGTH characters, never between the halves of a surrogate pair. */
+function shortenWarning(warning: string): string {
+  if (warning.length <= MAX_WARNING_LENGTH) {
+    return warning;
+  }
+  let end = MAX_WARNING_LENGTH - 3;
+  const last = warning.charCodeAt(end - 1);
+  if (last >= 0xd800 && last <= 0xdbff) {
+    end -= 1;
+  }
+  return `${warning.slice(0, end)}...`;
 }
