@@ -10,9 +10,12 @@ const ALLOWED_MEMBERS: Record<string, readonly string[]> = {
 };
 
 /**
- * Applies a JSONPatch with rfc6902, an implementation independent of the fast-json-patch that
- * produced it, and fails on the first operation that RFC 6902 does not allow on this document.
- * Returns a new document; the input stays untouched.
+ * Applies a JSONPatch with rfc6902, an implementation independent of the diff that produced it,
+ * and fails on the first operation that RFC 6902 does not allow on this document. Returns a new
+ * document; the input stays untouched.
+ *
+ * rfc6902 reports success for an operation on a "__proto__" key but does not write the key, so
+ * a patch that touches one is rejected here rather than checked wrongly.
  */
 export function applyStrict<T>(document: T, patch: unknown): T {
   if (!Array.isArray(patch)) {
@@ -34,6 +37,17 @@ export function applyStrict<T>(document: T, patch: unknown): T {
       );
     }
   });
+  patch.forEach((operation, index) => {
+    const { path, value } = operation as { path?: unknown; value?: unknown };
+    if (
+      (typeof path === "string" && path.split("/").includes("__proto__")) ||
+      hasProtoKey(value)
+    ) {
+      throw new Error(
+        `operation ${index} touches a "__proto__" key, which rfc6902 cannot apply`,
+      );
+    }
+  });
   const copy = JSON.parse(JSON.stringify(document)) as T;
   const results = applyPatch(copy, patch as Operation[]);
   results.forEach((result, index) => {
@@ -44,6 +58,16 @@ export function applyStrict<T>(document: T, patch: unknown): T {
     }
   });
   return copy;
+}
+
+function hasProtoKey(value: unknown): boolean {
+  if (typeof value !== "object" || value === null) {
+    return false;
+  }
+  if (Object.prototype.hasOwnProperty.call(value, "__proto__")) {
+    return true;
+  }
+  return Object.values(value).some(hasProtoKey);
 }
 
 /** Decodes the base64 JSONPatch of an AdmissionResponse. */
