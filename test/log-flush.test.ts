@@ -1,7 +1,7 @@
 import { spawn } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { connect } from "node:tls";
 import { afterAll, beforeAll, expect, test } from "vitest";
@@ -16,6 +16,7 @@ import {
   SERVICE_DNS_NAME,
   type CertificateAuthority,
 } from "../scripts/lib/pki.js";
+import { serveArguments } from "./support/serve-process.js";
 import { annotatedPod } from "./support/webhook-harness.js";
 
 const ADMISSIONS = 2_000;
@@ -39,22 +40,13 @@ afterAll(async () => {
 test("a forced exit writes every line that stdout held back", async () => {
   const child = spawn(
     process.execPath,
-    [
-      "--import",
-      "tsx",
-      resolve("src/cli/main.ts"),
-      "serve",
-      "--host=127.0.0.1",
-      "--port=0",
-      "--metrics-port=0",
-      `--tls-cert=${join(folder, "tls.crt")}`,
-      `--tls-key=${join(folder, "tls.key")}`,
+    serveArguments(folder, [
       "--cluster-id=cluster-demo2xampl3abc",
       "--region=us-east-1",
       "--static-hsms=examples/static-hsms.json",
       "--shutdown-delay=0.1",
       "--shutdown-timeout=1",
-    ],
+    ]),
     { stdio: ["ignore", "pipe", "inherit"], env: { PATH: process.env.PATH } },
   );
   const exit = new Promise<number | null>((done) =>

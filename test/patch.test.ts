@@ -11,6 +11,27 @@ import { applyStrict } from "./support/apply-patch.js";
 
 type Json = Record<string, any>;
 
+/**
+ * Generates JSON documents from the given keys and leaf values. Roots are maps, as pod views
+ * are, because RFC 6902 cannot replace the root.
+ */
+function documents(
+  key: fc.Arbitrary<string>,
+  leaf: fc.Arbitrary<unknown>,
+): fc.Arbitrary<Record<string, unknown>> {
+  return fc.letrec<{ value: unknown; map: Record<string, unknown> }>((tie) => ({
+    value: fc.oneof(
+      { depthSize: "small" },
+      leaf,
+      fc.array(tie("value"), { maxLength: 4 }),
+      tie("map"),
+    ),
+    map: fc
+      .array(fc.tuple(key, tie("value")), { maxLength: 4 })
+      .map((entries) => Object.fromEntries(entries)),
+  })).map;
+}
+
 describe("diffPods", () => {
   it("emits nothing for values shared by reference", () => {
     const env = [{ name: "A", value: "1" }];
@@ -70,18 +91,7 @@ describe("diffPods", () => {
     // Small key and value sets, so that the documents share structure often. No "__proto__":
     // the applying library's value copies drop it, and a test above covers it.
     const key = fc.constantFrom("a", "b", "a/b", "~", "");
-    // Roots are maps, as pod views are; RFC 6902 cannot replace the root.
-    const { map: json } = fc.letrec((tie) => ({
-      value: fc.oneof(
-        { depthSize: "small" },
-        fc.constantFrom(null, true, 0, 1, "x", ""),
-        fc.array(tie("value"), { maxLength: 4 }),
-        tie("map"),
-      ),
-      map: fc
-        .array(fc.tuple(key, tie("value")), { maxLength: 4 })
-        .map((entries) => Object.fromEntries(entries)),
-    }));
+    const json = documents(key, fc.constantFrom(null, true, 0, 1, "x", ""));
 
     fc.assert(
       fc.property(json, json, (before, after) => {
@@ -102,17 +112,7 @@ describe("diffPods", () => {
       fc.string({ unit: "binary", maxLength: 8 }),
       fc.string({ minLength: 256, maxLength: 300 }),
     );
-    const { map } = fc.letrec((tie) => ({
-      value: fc.oneof(
-        { depthSize: "small" },
-        leaf,
-        fc.array(tie("value"), { maxLength: 3 }),
-        tie("map"),
-      ),
-      map: fc
-        .array(fc.tuple(key, tie("value")), { maxLength: 4 })
-        .map((entries) => Object.fromEntries(entries)),
-    }));
+    const map = documents(key, leaf);
 
     fc.assert(
       fc.property(map, map, (before, after) => {

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import {
@@ -25,6 +25,7 @@ import {
   TEST_CLUSTER_ID,
   waitFor,
 } from "./support/webhook-harness.js";
+import { serveArguments } from "./support/serve-process.js";
 
 const SLOW_CLUSTER = "cluster-slowslowslow2";
 let folder: string;
@@ -53,22 +54,13 @@ beforeAll(async () => {
   // The real CLI in its own process, so the signal handling is the one that ships.
   child = spawn(
     process.execPath,
-    [
-      "--import",
-      "tsx",
-      resolve("src/cli/main.ts"),
-      "serve",
-      "--host=127.0.0.1",
-      "--port=0",
-      "--metrics-port=0",
-      `--tls-cert=${join(folder, "tls.crt")}`,
-      `--tls-key=${join(folder, "tls.key")}`,
+    serveArguments(folder, [
       `--cluster-id=${TEST_CLUSTER_ID}`,
       "--region=us-east-1",
       `--aws-endpoint=${aws.url}`,
       "--shutdown-delay=1",
       "--shutdown-timeout=10",
-    ],
+    ]),
     {
       stdio: ["ignore", "pipe", "inherit"],
       env: {
