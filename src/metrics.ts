@@ -89,7 +89,7 @@ export class WebhookMetrics {
   readonly #describeSeconds: Histogram<"outcome">;
   readonly #setChanges: Counter<"cluster_id" | "region">;
   readonly #lookups: Counter<"kind" | "outcome" | "cache_hit">;
-  /** Lookups not yet added to #lookups, by label values; see recordLookup. */
+  /** Lookups not yet added to #lookups, by label values. See recordLookup. */
   readonly #pendingLookups = new Map<
     string,
     { labels: Record<"kind" | "outcome" | "cache_hit", string>; count: number }

@@ -580,7 +580,7 @@ describe("inject errors", () => {
     );
   });
 
-  it("names the template when the patch cannot be applied", async () => {
+  it("names template on failed patch", async () => {
     const run = await inject([
       "-f",
       `${FIXTURES}/proto-env.yaml`,

@@ -429,7 +429,7 @@ describe("cache", () => {
     expect(lookup.stats.cacheHits).toBe(57);
   });
 
-  it("lookupCached answers from the cache alone", async () => {
+  it("lookupCached reads only the cache", async () => {
     const { replicaSet } = deploymentChain();
     const counted: string[] = [];
     const lookup = newLookup({
@@ -456,7 +456,7 @@ describe("cache", () => {
     expect(lookup.stats.cacheHits).toBe(3);
   });
 
-  it("lookupCached gives up on a partly cached chain or another uid", async () => {
+  it("lookupCached misses partial chains", async () => {
     const { replicaSet } = deploymentChain();
     const lookup = newLookup();
     await lookup.namespaceSource(NS);

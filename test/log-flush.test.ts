@@ -37,7 +37,7 @@ afterAll(async () => {
   await rm(folder, { recursive: true, force: true });
 });
 
-test("a forced exit writes every line that stdout held back", async () => {
+test("forced exit writes held-back lines", async () => {
   const child = spawn(
     process.execPath,
     serveArguments(folder, [
@@ -70,7 +70,7 @@ test("a forced exit writes every line that stdout held back", async () => {
     });
   });
 
-  // With stdout unread, the pipe fills and the webhook's writes are refused for a while.
+  // With stdout unread, the pipe fills and the webhook's writes are rejected for a while.
   child.stdout!.pause();
   const agent = loopbackAgent();
   const target: WebhookTarget = {

@@ -53,7 +53,7 @@ describe("diffPods", () => {
     ]);
   });
 
-  it("removes list entries from the end, so each index is still valid", () => {
+  it("removes list tails from the end", () => {
     const before = { list: ["a", "b", "c", "d"] };
     const after = { list: ["a", "x"] };
 
@@ -67,7 +67,7 @@ describe("diffPods", () => {
     expect(applyStrict(before, patch)).toEqual(after);
   });
 
-  it("replaces a value whose type changes between list and map", () => {
+  it("replaces on list and map swap", () => {
     const before = { spec: { volumes: { name: "odd" } } };
     const after = { spec: { volumes: [{ name: "cloudhsm-config" }] } };
 
@@ -87,7 +87,7 @@ describe("diffPods", () => {
     ]);
   });
 
-  it("turns any JSON document into any other", () => {
+  it("turns any document into another", () => {
     // Small key and value sets, so that the documents share structure often. No "__proto__":
     // the applying library's value copies drop it, and a test above covers it.
     const key = fc.constantFrom("a", "b", "a/b", "~", "");
@@ -102,7 +102,7 @@ describe("diffPods", () => {
     );
   });
 
-  it("writes as JSON text what it returns as operations", () => {
+  it("writes diffPods output as JSON", () => {
     const key = fc.oneof(
       fc.constantFrom("a", "a/b", "~", 'q"', "\\", "é", "\u0001"),
       fc.string({ unit: "binary", maxLength: 6 }),
@@ -160,7 +160,7 @@ describe("serializePatch", () => {
     );
   });
 
-  it("writes a shared frozen value the same way each time", () => {
+  it("reuses frozen value JSON", () => {
     const volume = Object.freeze({ name: "cloudhsm-config", note: 'a "b"' });
     const patch: PatchOperation[] = [
       { op: "add", path: "/spec/volumes/0", value: volume },

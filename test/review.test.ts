@@ -241,7 +241,7 @@ describe("admission responses", () => {
     expect(warning.endsWith("...")).toBe(ellipsis);
   });
 
-  it("never cuts a warning inside a surrogate pair", () => {
+  it("keeps surrogate pairs whole", () => {
     const warning = `${"a".repeat(236)}${"\u{1f512}".repeat(3)}`;
 
     const [cut] = allow(UID, [warning]).warnings!;
@@ -292,7 +292,7 @@ describe("reviewResponseText", () => {
     }
   });
 
-  it("escapes a uid that a client sent with quotes", () => {
+  it("escapes quotes in the uid", () => {
     const response = allow('uid "with" quotes\\');
 
     const parsed = JSON.parse(

@@ -114,7 +114,7 @@ const decisionFor = (uid: string) =>
     (line) => line.msg === "admission decision" && line.uid === uid,
   );
 
-test("a decision line reaches stdout within the flush interval", async () => {
+test("quiet server flushes decision lines", async () => {
   // The server collects log lines into a buffer, so a quiet server must still write them out.
   const uid = "4b1c9f0e-0000-4000-8000-00000000a001";
   const reply = await callWebhook(target, "/mutate", {
@@ -131,7 +131,7 @@ test("a decision line reaches stdout within the flush interval", async () => {
   });
 });
 
-test("SIGTERM, even sent twice, drains requests and exits 0", async () => {
+test("repeated SIGTERM drains and exits 0", async () => {
   // A pod for a cluster not yet cached waits on a DescribeClusters call that the fake delays.
   aws.setFault({ kind: "delay", ms: 1_500 }, 1);
   const pod = annotatedPod({

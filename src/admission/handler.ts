@@ -274,8 +274,8 @@ export class AdmissionHandler {
       plans = new Map();
       this.#plans.set(first!, plans);
     }
-    // Most pods take the defaults, and their key is the format alone. A format is a word, so it
-    // cannot collide with a JSON key, which starts with "[".
+    // Most pods take the defaults, and their key is the format alone. The ConfigFormat type
+    // allows only words, so that key cannot collide with a JSON key, which starts with "[".
     const key =
       options.configPath === undefined &&
       options.containers === undefined &&

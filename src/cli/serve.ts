@@ -276,9 +276,9 @@ export async function runServe(
   const config = readServeConfig(values);
   const logger = createServerLogger(config.logLevel);
 
-  // Handlers stay installed until exit: a signal without one would end the process at once and
-  // lose the log lines still buffered. Before the server serves, there is nothing to drain, so
-  // a signal exits as soon as the log is written.
+  // Handlers stay installed until exit, because a signal without one would end the process at
+  // once and lose the log lines still buffered. Before the server serves, there is nothing to
+  // drain, so a signal exits as soon as the log is written.
   let onSignal = (signal: NodeJS.Signals): void => {
     logger.info({ signal }, "stopping before the server started");
     logger.flush(() => process.exit(0));
@@ -308,7 +308,8 @@ export async function runServe(
           "shutdown timed out with requests in flight",
         );
         // Open connections would keep the process alive past the grace period. The log is
-        // flushed first: a synchronous flush at exit can drop a batch that stdout refused.
+        // flushed first, because a synchronous flush at exit can drop a batch that stdout
+        // rejected.
         logger.flush(() => process.exit(1));
         setTimeout(() => process.exit(1), LOG_FLUSH_WAIT_MS);
       }, config.shutdownTimeoutMs);

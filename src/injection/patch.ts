@@ -225,7 +225,8 @@ function encode(value: unknown): Encoded {
  * written as they are.
  */
 class PatchWriter implements Sink {
-  // Pieces joined once at the end: appending to one string would build a rope of small strings
+  // Pieces are joined once at the end, because appending to one string would build a rope of small
+  // strings
   // that is copied again when the text is encoded.
   readonly #pieces: string[] = ["["];
   #length = 0;

@@ -319,7 +319,7 @@ export function injectManifests(
         true,
       ).newDocument;
     } catch (error) {
-      // NOTE: fast-json-patch refuses a path through a "__proto__" key. The diff takes one when
+      // NOTE: fast-json-patch rejects a path through a "__proto__" key. The diff takes one when
       // an env entry with that key moves, after a duplicate CLOUDHSM_* entry is dropped. The
       // webhook's patch for such a pod is correct; only this offline copy cannot be updated.
       const cause = (error as Error).message.includes("__proto__")

@@ -12,7 +12,7 @@ const ALLOWED_MEMBERS: Record<string, readonly string[]> = {
 /**
  * Applies a JSONPatch with rfc6902, an implementation independent of the diff that produced it,
  * and fails on the first operation that RFC 6902 does not allow on this document. Returns a new
- * document; the input stays untouched.
+ * document and leaves the input untouched.
  *
  * rfc6902 reports success for an operation on a "__proto__" key but does not write the key, so
  * a patch that touches one is rejected here rather than checked wrongly.
