@@ -6,8 +6,12 @@ import {
   ANNOTATION_INJECTED_AT,
   ANNOTATION_INJECTED_IPS,
   LABEL_INJECTED,
+  injectPod,
   type InjectionPlan,
 } from "../src/injection/mutate.js";
+import { diffPodsToJson } from "../src/injection/patch.js";
+import { PatchCache } from "../src/injection/patch-cache.js";
+import { ownedView } from "../src/injection/view.js";
 import { isObject, type JsonObject } from "../src/injection/pod.js";
 import {
   OWNED_ENV_NAMES,
@@ -447,3 +451,52 @@ describe("injectPod properties", () => {
     );
   });
 });
+
+describe("PatchCache properties", () => {
+  it("matches uncached injection", () => {
+    fc.assert(
+      fc.property(
+        podArbitrary,
+        planArbitrary,
+        fc.option(planArbitrary, { nil: undefined }),
+        (generated, planInput, earlierInput) => {
+          const original =
+            earlierInput === undefined
+              ? generated
+              : runInjection(
+                  generated,
+                  buildPlan(earlierInput, generated),
+                  EARLIER,
+                ).pod;
+          const plan = buildPlan(planInput, original);
+          const cache = new PatchCache();
+
+          // The second pod is an equal copy, as the next pod of a ReplicaSet is.
+          for (const [pod, now] of [
+            [original, NOW],
+            [structuredClone(original), LATER],
+          ] as const) {
+            const expected = uncached(pod, plan, now);
+            const actual = cache.inject(pod, plan, now);
+            expect(actual.patch?.json).toBe(expected.patch?.json);
+            expect(actual.patch?.length).toBe(expected.patch?.length);
+            expect(actual.patch?.ascii).toBe(expected.patch?.ascii);
+            expect(actual.warnings).toEqual(expected.warnings);
+          }
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+});
+
+/** Injects as the handler did before patches were cached. */
+function uncached(pod: JsonObject, plan: InjectionPlan, now: Date) {
+  const before = ownedView(pod, false);
+  const after = ownedView(pod);
+  const result = injectPod(after, plan, now);
+  return {
+    patch: result.changed ? diffPodsToJson(before, after) : undefined,
+    warnings: result.warnings,
+  };
+}

@@ -3,19 +3,14 @@ import type {
   CachedCluster,
   HsmDirectory,
 } from "../discovery/directory.js";
-import {
-  InvalidPodError,
-  injectPod,
-  type InjectionPlan,
-} from "../injection/mutate.js";
+import { InvalidPodError, type InjectionPlan } from "../injection/mutate.js";
+import { PatchCache } from "../injection/patch-cache.js";
 import type {
   InjectionDecision,
   InjectionOptions,
 } from "../injection/resolve.js";
-import { diffPodsToJson } from "../injection/patch.js";
 import { isObject, type JsonObject } from "../injection/pod.js";
 import { buildInjectionPlan } from "../injection/plan.js";
-import { ownedView } from "../injection/view.js";
 import {
   allow,
   allowWithPatchText,
@@ -96,7 +91,7 @@ const PLAN_CACHE_LIMIT = 256;
 
 /**
  * Handles AdmissionRequests for pods in a fixed order of steps: filter, decide, look up HSMs,
- * render, mutate a copy, diff. It performs no I/O of its own beyond the directory and the
+ * render, mutate a copy, diff. Patches are cached by plan and pod view (PatchCache). It performs no I/O of its own beyond the directory and the
  * decider. Expected failures become AdmissionResponses; the server turns anything else into a
  * denial with code 500.
  */
@@ -104,6 +99,7 @@ export class AdmissionHandler {
   readonly #options: HandlerOptions;
   readonly #plans = new WeakMap<CachedCluster, Map<string, InjectionPlan>>();
   readonly #clusterNumbers = new WeakMap<CachedCluster, number>();
+  readonly #patches = new PatchCache();
   #nextClusterNumber = 0;
 
   constructor(options: HandlerOptions) {
@@ -158,11 +154,9 @@ export class AdmissionHandler {
     const cached = usable.clusters;
 
     const plan = this.#plan(options, cached);
-    const original = ownedView(pod, false);
-    const mutated = ownedView(pod);
-    let result;
+    let injection;
     try {
-      result = injectPod(mutated, plan, this.#now());
+      injection = this.#patches.inject(pod, plan, this.#now());
     } catch (error) {
       if (error instanceof InvalidPodError) {
         return {
@@ -178,13 +172,11 @@ export class AdmissionHandler {
       throw error;
     }
 
-    const patch = result.changed
-      ? diffPodsToJson(original, mutated)
-      : undefined;
+    const { patch } = injection;
     const warnings = [
       ...decision.warnings,
       ...usable.warnings,
-      ...result.warnings,
+      ...injection.warnings,
     ];
     return {
       response:

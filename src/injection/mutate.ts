@@ -132,12 +132,12 @@ export function configFilePath(
  * Injects the plan into `pod` in place. The caller passes a copy and diffs it against the
  * original, so this code never builds patch paths. Running it on its own output changes
  * nothing, which `reinvocationPolicy: IfNeeded` relies on; `cloudhsm/injected-at` moves only
- * when something else changed.
+ * when something else changed. A string `now` is written as the injected-at text as it is.
  */
 export function injectPod(
   pod: JsonObject,
   plan: InjectionPlan,
-  now: Date,
+  now: Date | string,
 ): InjectionResult {
   const spec = requireObject(pod.spec, "spec");
   const containers = requireContainers(
@@ -208,7 +208,7 @@ export function injectPod(
         metadata,
         "annotations",
         ANNOTATION_INJECTED_AT,
-        isoTime(now),
+        typeof now === "string" ? now : isoTime(now),
       ) || changed;
   }
   return { changed, injectedContainers, warnings };
@@ -390,7 +390,8 @@ function setEnv(container: Container, vars: PlanFragments["env"]): boolean {
 let lastIsoMs = Number.NaN;
 let lastIso = "";
 
-function isoTime(now: Date): string {
+/** Returns `now` as the injected-at text, an ISO 8601 time in UTC. */
+export function isoTime(now: Date): string {
   const ms = now.getTime();
   if (ms !== lastIsoMs) {
     lastIso = now.toISOString();
