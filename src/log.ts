@@ -31,28 +31,100 @@ export function loggerOptions(level: LogLevel): pino.LoggerOptions {
   };
 }
 
-/** Bytes of log lines that the server collects before it writes them to stdout. */
+/** Characters of log lines, bytes for ASCII lines, that the server collects before it writes them. */
 export const SERVER_LOG_BUFFER_BYTES = 4096;
 /** Maximum time in milliseconds that a line waits in that buffer. */
 export const SERVER_LOG_FLUSH_MS = 1000;
 
 /**
  * Creates the server's logger. Every admission writes a line, and a write per line cost the
- * webhook about a tenth of its CPU time under load, so lines are collected up to
- * SERVER_LOG_BUFFER_BYTES and written together, and at least every SERVER_LOG_FLUSH_MS. pino
- * writes what is left when the process exits; a process killed with SIGKILL loses at most that
- * buffer.
+ * webhook about a tenth of its CPU time under load. So a LineBatcher collects lines up to
+ * SERVER_LOG_BUFFER_BYTES characters and writes them together, and at least every
+ * SERVER_LOG_FLUSH_MS. What is left is written when the process exits, and a process killed with
+ * SIGKILL loses at most that buffer.
  */
 export function createServerLogger(level: LogLevel): PinoLogger {
+  const destination = pino.destination({
+    dest: 1,
+    sync: false,
+    minLength: SERVER_LOG_BUFFER_BYTES,
+  });
   return pino(
     loggerOptions(level),
-    pino.destination({
-      dest: 1,
-      sync: false,
-      minLength: SERVER_LOG_BUFFER_BYTES,
-      periodicFlush: SERVER_LOG_FLUSH_MS,
-    }),
+    new LineBatcher(destination, SERVER_LOG_BUFFER_BYTES, SERVER_LOG_FLUSH_MS),
   );
+}
+
+/** The stream that pino.destination returns, as LineBatcher uses it. */
+type Destination = Pick<
+  ReturnType<typeof pino.destination>,
+  "write" | "flush" | "flushSync"
+>;
+
+/** Batchers whose lines are written when the process exits. */
+const openBatchers = new Set<LineBatcher>();
+
+function flushBatchersAtExit(): void {
+  for (const batcher of openBatchers) {
+    batcher.flushSync();
+  }
+}
+
+/**
+ * A stream for pino that collects lines and passes them to a destination in batches of at least
+ * `batchLength` characters, and at least every `flushMs`. With lines passed one by one, the
+ * destination measured the byte length of all its pending text on every write. In a loop that
+ * cost about 3 µs per line once 4 KiB were pending.
+ */
+export class LineBatcher {
+  readonly #destination: Destination;
+  readonly #batchLength: number;
+  #lines: string[] = [];
+  #length = 0;
+
+  constructor(destination: Destination, batchLength: number, flushMs: number) {
+    this.#destination = destination;
+    this.#batchLength = batchLength;
+    setInterval(() => this.flush(), flushMs).unref();
+    if (openBatchers.size === 0) {
+      process.once("exit", flushBatchersAtExit);
+    }
+    openBatchers.add(this);
+  }
+
+  write(line: string): boolean {
+    this.#lines.push(line);
+    this.#length += line.length;
+    if (this.#length >= this.#batchLength) {
+      this.#release();
+    }
+    return true;
+  }
+
+  /** Passes the collected lines on, and calls `callback` once the destination wrote them. */
+  flush(callback?: (error?: Error) => void): void {
+    this.#release();
+    this.#destination.flush(callback);
+  }
+
+  /** Writes the destination's pending text and the collected lines before returning. */
+  flushSync(): void {
+    // The destination is emptied first. It then has less than its minimum write length after it
+    // takes the lines, so it starts no asynchronous write that the exit could cut short.
+    this.#destination.flushSync();
+    this.#release();
+    this.#destination.flushSync();
+  }
+
+  #release(): void {
+    if (this.#lines.length === 0) {
+      return;
+    }
+    const text = this.#lines.join("");
+    this.#lines = [];
+    this.#length = 0;
+    this.#destination.write(text);
+  }
 }
 
 /**
