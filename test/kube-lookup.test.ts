@@ -474,6 +474,57 @@ describe("cache", () => {
     expect(lookup.stats.cacheHits).toBe(hits);
   });
 
+  it("lookupCached repeats a chain", async () => {
+    const { replicaSet } = deploymentChain();
+    const lookup = newLookup();
+    const references = [ownerReferenceTo(replicaSet)];
+    const read = await lookup.lookup(NS, references);
+
+    const first = lookup.lookupCached(NS, references);
+    const second = lookup.lookupCached(NS, [ownerReferenceTo(replicaSet)]);
+
+    expect(first).toEqual(read);
+    expect(second).toBe(first);
+    expect(lookup.stats.cacheHits).toBe(6);
+  });
+
+  it("lookupCached chains expire with objects", async () => {
+    const { replicaSet } = deploymentChain();
+    const lookup = newLookup({ cacheTtlSeconds: 0.2 });
+    const references = [ownerReferenceTo(replicaSet)];
+    await lookup.lookup(NS, references);
+    expect(lookup.lookupCached(NS, references)).toBeDefined();
+
+    await new Promise((resolve) => setTimeout(resolve, 300));
+
+    expect(lookup.lookupCached(NS, references)).toBeUndefined();
+  });
+
+  it("lookupCached chains go with clearCache", async () => {
+    const { replicaSet } = deploymentChain();
+    const lookup = newLookup();
+    const references = [ownerReferenceTo(replicaSet)];
+    await lookup.lookup(NS, references);
+    expect(lookup.lookupCached(NS, references)).toBeDefined();
+
+    lookup.clearCache();
+
+    expect(lookup.lookupCached(NS, references)).toBeUndefined();
+  });
+
+  it("lookupCached keys chains by uid", async () => {
+    const { replicaSet } = deploymentChain();
+    const lookup = newLookup();
+    await lookup.lookup(NS, [ownerReferenceTo(replicaSet)]);
+    expect(
+      lookup.lookupCached(NS, [ownerReferenceTo(replicaSet)]),
+    ).toBeDefined();
+
+    const other = { ...ownerReferenceTo(replicaSet), uid: "another-uid" };
+
+    expect(lookup.lookupCached(NS, [other])).toBeUndefined();
+  });
+
   it("entries expire after the TTL", async () => {
     const { deployment, replicaSet } = deploymentChain();
     const lookup = newLookup({ cacheTtlSeconds: 0.2 });

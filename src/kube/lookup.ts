@@ -180,6 +180,15 @@ interface CachedObject {
   controllerRef: ControllerReference | undefined;
 }
 
+/** A chain that lookupCached built from cached objects, and when its first object expires. */
+interface CachedChain {
+  readonly expiresAt: number;
+  readonly annotations: WorkloadAnnotations;
+}
+
+/** Maximum chains that lookupCached keeps. When full, the map starts empty again. */
+const MAX_CACHED_CHAINS = 1024;
+
 interface ObjectKey {
   kind: LookupKind;
   namespace: string | undefined;
@@ -223,6 +232,11 @@ export class WorkloadLookup {
   readonly #requestTimeoutMs: number;
   readonly #onLookup: WorkloadLookupOptions["onLookup"];
   readonly #inFlight = new Map<string, Promise<CachedObject>>();
+  /**
+   * Results of lookupCached by namespace and controller reference. A hit costs one map read, where
+   * building the chain again costs a cache read per object.
+   */
+  readonly #chains = new Map<string, CachedChain>();
   readonly #stats: LookupStats = {
     apiReads: 0,
     cacheHits: 0,
@@ -286,21 +300,54 @@ export class WorkloadLookup {
     if (namespace === "") {
       return undefined;
     }
+    const reference = findControllerReference(ownerReferences);
+    // The key is JSON text, so two different references never share a key.
+    const chainKey = JSON.stringify([
+      namespace,
+      reference?.apiVersion,
+      reference?.kind,
+      reference?.name,
+      reference?.uid,
+    ]);
+    const now = Date.now();
+    let chain = this.#chains.get(chainKey);
+    if (chain === undefined || chain.expiresAt <= now) {
+      chain = this.#readCachedChain(namespace, reference);
+      if (chain === undefined) {
+        return undefined;
+      }
+      if (this.#chains.size >= MAX_CACHED_CHAINS) {
+        this.#chains.clear();
+      }
+      this.#chains.set(chainKey, chain);
+    }
+    for (const owner of chain.annotations.owners) {
+      this.#recordCacheHit(owner.kind as LookupKind);
+    }
+    this.#recordCacheHit("Namespace");
+    return chain.annotations;
+  }
+
+  /** Builds the chain of lookupCached from the object cache, or returns undefined on a miss. */
+  #readCachedChain(
+    namespace: string,
+    first: ControllerReference | undefined,
+  ): CachedChain | undefined {
     const owners: AnnotationSource[] = [];
+    const keys: string[] = [];
     let childKind: "Pod" | OwnerKind = "Pod";
-    let reference = findControllerReference(ownerReferences);
+    let reference = first;
     while (reference !== undefined && owners.length < MAX_OWNER_DEPTH) {
       const kind = followedKind(childKind, reference);
       if (kind === undefined) {
         break;
       }
-      const object = this.#cached(
-        { kind, namespace, name: reference.name },
-        reference.uid,
-      );
+      const key: ObjectKey = { kind, namespace, name: reference.name };
+      const object = this.#cached(key, reference.uid);
       if (object === undefined) {
         return undefined;
       }
+      keys.push(cacheKeyOf(key));
       owners.push({
         kind,
         name: reference.name,
@@ -309,25 +356,36 @@ export class WorkloadLookup {
       childKind = kind;
       reference = object.controllerRef;
     }
-    const namespaceObject = this.#cached({
+    const namespaceKey: ObjectKey = {
       kind: "Namespace",
       namespace: undefined,
       name: namespace,
-    });
+    };
+    const namespaceObject = this.#cached(namespaceKey);
     if (namespaceObject === undefined) {
       return undefined;
     }
-    // Counted only now, so that a chain that falls back to lookup() is not counted twice.
-    for (const owner of owners) {
-      this.#recordCacheHit(owner.kind as LookupKind);
+    keys.push(cacheKeyOf(namespaceKey));
+    // The chain is valid until the first of its objects expires from the object cache.
+    let expiresAt = Number.POSITIVE_INFINITY;
+    for (const key of keys) {
+      const ttl = this.#cache.getTtl(key);
+      if (ttl === undefined) {
+        return undefined;
+      }
+      if (ttl > 0) {
+        expiresAt = Math.min(expiresAt, ttl);
+      }
     }
-    this.#recordCacheHit("Namespace");
     return {
-      owners,
-      namespace: {
-        kind: "Namespace",
-        name: namespace,
-        annotations: namespaceObject.annotations,
+      expiresAt,
+      annotations: {
+        owners,
+        namespace: {
+          kind: "Namespace",
+          name: namespace,
+          annotations: namespaceObject.annotations,
+        },
       },
     };
   }
@@ -385,6 +443,7 @@ export class WorkloadLookup {
   /** Drops every cached object, so that the next calls read from the API server. */
   clearCache(): void {
     this.#cache.flushAll();
+    this.#chains.clear();
   }
 
   /** Stops the cache's cleanup timer. Requests in flight still complete. */
