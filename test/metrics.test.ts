@@ -6,8 +6,10 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { callWebhook } from "../scripts/lib/admission-client.js";
 import { podFromWorkload } from "../scripts/lib/workloads.js";
+import { Histogram, Registry } from "prom-client";
 import {
   BoundedLabel,
+  OneLabelHistogram,
   OTHER_LABEL_VALUE,
   WebhookMetrics,
 } from "../src/metrics.js";
@@ -569,5 +571,55 @@ describe("WebhookMetrics", () => {
     } finally {
       await harness.close();
     }
+  });
+});
+
+describe("OneLabelHistogram", () => {
+  test("renders as prom-client's Histogram", async () => {
+    const buckets = [0.001, 0.01, 0.1];
+    const ours = new Registry();
+    const theirs = new Registry();
+    const fast = new OneLabelHistogram(
+      { name: "h_seconds", help: "Help text", labelName: "result", buckets },
+      ours,
+    );
+    const reference = new Histogram({
+      name: "h_seconds",
+      help: "Help text",
+      labelNames: ["result"],
+      buckets,
+      registers: [theirs],
+    });
+    // Values below, on and above the bounds, in two series.
+    const observations: Array<[string, number]> = [
+      ["injected", 0.0005],
+      ["injected", 0.001],
+      ["injected", 0.05],
+      ["skipped", 0.1],
+      ["skipped", 2.5],
+      ["injected", 0],
+    ];
+
+    for (const [result, value] of observations) {
+      fast.observe(result, value);
+      reference.observe({ result }, value);
+    }
+
+    expect(await ours.metrics()).toBe(await theirs.metrics());
+  });
+
+  test("starts empty after reset", async () => {
+    const registry = new Registry();
+    const fast = new OneLabelHistogram(
+      { name: "r_seconds", help: "Help", labelName: "result", buckets: [1] },
+      registry,
+    );
+    fast.observe("injected", 0.5);
+
+    registry.resetMetrics();
+
+    expect(await registry.metrics()).toBe(
+      "# HELP r_seconds Help\n# TYPE r_seconds histogram\n",
+    );
   });
 });
