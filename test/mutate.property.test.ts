@@ -6,15 +6,13 @@ import {
   ANNOTATION_INJECTED_AT,
   ANNOTATION_INJECTED_IPS,
   LABEL_INJECTED,
-  injectPod,
   type InjectionPlan,
 } from "../src/injection/mutate.js";
-import { diffPodsToJson } from "../src/injection/patch.js";
 import { PatchCache } from "../src/injection/patch-cache.js";
-import { ownedView } from "../src/injection/view.js";
 import { isObject, type JsonObject } from "../src/injection/pod.js";
 import {
   OWNED_ENV_NAMES,
+  injectUncached,
   runInjection,
   stripOwned,
 } from "./support/inject-pod.js";
@@ -385,68 +383,78 @@ function prototypeSnapshot(): string[] {
   return Object.getOwnPropertyNames(Object.prototype).sort();
 }
 
+/**
+ * Returns the pod injected at EARLIER under the earlier plan, as on reinvocation, or the pod
+ * itself when there is no earlier plan. Half the generated cases have one.
+ */
+function injectedBefore(
+  generated: JsonObject,
+  earlierInput: PlanInput | undefined,
+): JsonObject {
+  return earlierInput === undefined
+    ? generated
+    : runInjection(generated, buildPlan(earlierInput, generated), EARLIER).pod;
+}
+
+/** A pod, injected before or not, and the plan to inject now. */
+const injectionCase = fc
+  .tuple(
+    podArbitrary,
+    planArbitrary,
+    fc.option(planArbitrary, { nil: undefined }),
+  )
+  .map(([generated, planInput, earlierInput]) => {
+    const original = injectedBefore(generated, earlierInput);
+    return { original, plan: buildPlan(planInput, original) };
+  });
+
 describe("injectPod properties", () => {
   it("holds for random pods", () => {
     const prototypeBefore = prototypeSnapshot();
 
     fc.assert(
-      fc.property(
-        podArbitrary,
-        planArbitrary,
-        fc.option(planArbitrary, { nil: undefined }),
-        (generated, planInput, earlierInput) => {
-          // Half the pods were injected before under another plan, as on reinvocation.
-          const original =
-            earlierInput === undefined
-              ? generated
-              : runInjection(
-                  generated,
-                  buildPlan(earlierInput, generated),
-                  EARLIER,
-                ).pod;
-          const plan = buildPlan(planInput, original);
-          const snapshot = JSON.stringify(original);
+      fc.property(injectionCase, ({ original, plan }) => {
+        const snapshot = JSON.stringify(original);
 
-          const { pod, patch, result } = runInjection(original, plan, NOW);
+        const { pod, patch, result } = runInjection(original, plan, NOW);
 
-          expect(JSON.stringify(original)).toBe(snapshot);
-          expect(result.changed).toBe(patch.length > 0);
-          expect(stripOwned(pod)).toEqual(stripOwned(original));
+        expect(JSON.stringify(original)).toBe(snapshot);
+        expect(result.changed).toBe(patch.length > 0);
+        expect(stripOwned(pod)).toEqual(stripOwned(original));
 
-          const metadata = pod.metadata as JsonObject;
-          const labels = metadata.labels as JsonObject;
-          const annotations = metadata.annotations as JsonObject;
-          expect(Object.getPrototypeOf(labels)).toBe(Object.prototype);
-          expect(Object.getPrototypeOf(annotations)).toBe(Object.prototype);
-          expect(labels[LABEL_INJECTED]).toBe("true");
-          expect(annotations[ANNOTATION_CONFIG]).toBe(plan.config);
-          expect(annotations[ANNOTATION_INJECTED_IPS]).toBe(plan.ips.join(","));
-          expect(typeof annotations[ANNOTATION_INJECTED_AT]).toBe("string");
+        const metadata = pod.metadata as JsonObject;
+        const labels = metadata.labels as JsonObject;
+        const annotations = metadata.annotations as JsonObject;
+        expect(Object.getPrototypeOf(labels)).toBe(Object.prototype);
+        expect(Object.getPrototypeOf(annotations)).toBe(Object.prototype);
+        expect(labels[LABEL_INJECTED]).toBe("true");
+        expect(annotations[ANNOTATION_CONFIG]).toBe(plan.config);
+        expect(annotations[ANNOTATION_INJECTED_IPS]).toBe(plan.ips.join(","));
+        expect(typeof annotations[ANNOTATION_INJECTED_AT]).toBe("string");
 
-          const selected = plan.containers;
-          const injected = allContainers(pod).filter(
-            (entry) => !selected || selected.includes(String(entry.name)),
-          );
-          expect(result.injectedContainers).toEqual(
-            injected.map((entry) => entry.name),
-          );
-          for (const entry of injected) {
-            expectContainerInjected(entry, plan, result.warnings);
-          }
-          const volumes = listOf(pod.spec, "volumes");
-          expect(
-            volumes.filter((entry) => entry.name === VOLUME_NAME).length,
-          ).toBeLessThanOrEqual(1);
+        const selected = plan.containers;
+        const injected = allContainers(pod).filter(
+          (entry) => !selected || selected.includes(String(entry.name)),
+        );
+        expect(result.injectedContainers).toEqual(
+          injected.map((entry) => entry.name),
+        );
+        for (const entry of injected) {
+          expectContainerInjected(entry, plan, result.warnings);
+        }
+        const volumes = listOf(pod.spec, "volumes");
+        expect(
+          volumes.filter((entry) => entry.name === VOLUME_NAME).length,
+        ).toBeLessThanOrEqual(1);
 
-          const second = runInjection(pod, plan, LATER);
-          expect(second.patch).toEqual([]);
-          expect(second.result.changed).toBe(false);
-          expect(JSON.stringify(second.pod)).toBe(JSON.stringify(pod));
+        const second = runInjection(pod, plan, LATER);
+        expect(second.patch).toEqual([]);
+        expect(second.result.changed).toBe(false);
+        expect(JSON.stringify(second.pod)).toBe(JSON.stringify(pod));
 
-          expect(prototypeSnapshot()).toEqual(prototypeBefore);
-          expect(({} as JsonObject)[LABEL_INJECTED]).toBeUndefined();
-        },
-      ),
+        expect(prototypeSnapshot()).toEqual(prototypeBefore);
+        expect(({} as JsonObject)[LABEL_INJECTED]).toBeUndefined();
+      }),
       { numRuns: 200 },
     );
   });
@@ -455,48 +463,23 @@ describe("injectPod properties", () => {
 describe("PatchCache properties", () => {
   it("matches uncached injection", () => {
     fc.assert(
-      fc.property(
-        podArbitrary,
-        planArbitrary,
-        fc.option(planArbitrary, { nil: undefined }),
-        (generated, planInput, earlierInput) => {
-          const original =
-            earlierInput === undefined
-              ? generated
-              : runInjection(
-                  generated,
-                  buildPlan(earlierInput, generated),
-                  EARLIER,
-                ).pod;
-          const plan = buildPlan(planInput, original);
-          const cache = new PatchCache();
+      fc.property(injectionCase, ({ original, plan }) => {
+        const cache = new PatchCache();
 
-          // The second pod is an equal copy, as the next pod of a ReplicaSet is.
-          for (const [pod, now] of [
-            [original, NOW],
-            [structuredClone(original), LATER],
-          ] as const) {
-            const expected = uncached(pod, plan, now);
-            const actual = cache.inject(pod, plan, now);
-            expect(actual.patch?.json).toBe(expected.patch?.json);
-            expect(actual.patch?.length).toBe(expected.patch?.length);
-            expect(actual.patch?.ascii).toBe(expected.patch?.ascii);
-            expect(actual.warnings).toEqual(expected.warnings);
-          }
-        },
-      ),
+        // The second pod is an equal copy, as the next pod of a ReplicaSet is.
+        for (const [pod, now] of [
+          [original, NOW],
+          [structuredClone(original), LATER],
+        ] as const) {
+          const expected = injectUncached(pod, plan, now);
+          const actual = cache.inject(pod, plan, now);
+          expect(actual.patch?.json).toBe(expected.patch?.json);
+          expect(actual.patch?.length).toBe(expected.patch?.length);
+          expect(actual.patch?.ascii).toBe(expected.patch?.ascii);
+          expect(actual.warnings).toEqual(expected.warnings);
+        }
+      }),
       { numRuns: 200 },
     );
   });
 });
-
-/** Injects as the handler did before patches were cached. */
-function uncached(pod: JsonObject, plan: InjectionPlan, now: Date) {
-  const before = ownedView(pod, false);
-  const after = ownedView(pod);
-  const result = injectPod(after, plan, now);
-  return {
-    patch: result.changed ? diffPodsToJson(before, after) : undefined,
-    warnings: result.warnings,
-  };
-}

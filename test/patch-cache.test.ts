@@ -3,14 +3,12 @@ import { describe, expect, it } from "vitest";
 import {
   ANNOTATION_INJECTED_AT,
   InvalidPodError,
-  injectPod,
   type InjectionPlan,
 } from "../src/injection/mutate.js";
-import { diffPodsToJson } from "../src/injection/patch.js";
 import { PatchCache } from "../src/injection/patch-cache.js";
 import type { JsonObject } from "../src/injection/pod.js";
-import { ownedView } from "../src/injection/view.js";
 import { applyStrict } from "./support/apply-patch.js";
+import { injectUncached } from "./support/inject-pod.js";
 
 const NOW = new Date("2026-03-01T10:00:00.000Z");
 const LATER = new Date("2026-03-01T10:00:07.250Z");
@@ -49,11 +47,8 @@ function uncachedJson(
   source: JsonObject,
   plan: InjectionPlan,
   now: Date,
-): string {
-  const before = ownedView(source, false);
-  const after = ownedView(source);
-  injectPod(after, plan, now);
-  return diffPodsToJson(before, after).json;
+): string | undefined {
+  return injectUncached(source, plan, now).patch?.json;
 }
 
 function injectedAt(source: JsonObject, json: string): unknown {
@@ -107,7 +102,10 @@ describe("PatchCache", () => {
 
   it("caches a pod that has the plan", () => {
     // A pod injected before, whose injected-at time was removed: only the time is added.
-    const done = applyStrict(pod(), JSON.parse(uncachedJson(pod(), PLAN, NOW)));
+    const done = applyStrict(
+      pod(),
+      JSON.parse(uncachedJson(pod(), PLAN, NOW)!),
+    );
     const annotations = (done.metadata as JsonObject).annotations as JsonObject;
     delete annotations[ANNOTATION_INJECTED_AT];
     const cache = new PatchCache();

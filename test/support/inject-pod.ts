@@ -12,7 +12,12 @@ import {
   type InjectionPlan,
   type InjectionResult,
 } from "../../src/injection/mutate.js";
-import { diffPods, type PatchOperation } from "../../src/injection/patch.js";
+import {
+  diffPods,
+  diffPodsToJson,
+  type PatchOperation,
+  type PatchText,
+} from "../../src/injection/patch.js";
 import { isObject, type JsonObject } from "../../src/injection/pod.js";
 import { ownedView } from "../../src/injection/view.js";
 import { applyStrict } from "./apply-patch.js";
@@ -49,6 +54,24 @@ export function runInjection(
   const pod = applyStrict(original, patch);
   validatePod(pod);
   return { result, patch, pod };
+}
+
+/**
+ * Injects without PatchCache: into one ownedView copy, diffed as JSON text against another. The
+ * pod is left unchanged. Returns what PatchCache.inject returns for the same arguments.
+ */
+export function injectUncached(
+  pod: JsonObject,
+  plan: InjectionPlan,
+  now: Date,
+): { patch: PatchText | undefined; warnings: readonly string[] } {
+  const before = ownedView(pod, false);
+  const after = ownedView(pod);
+  const result = injectPod(after, plan, now);
+  return {
+    patch: result.changed ? diffPodsToJson(before, after) : undefined,
+    warnings: result.warnings,
+  };
 }
 
 /**
