@@ -525,6 +525,44 @@ describe("cache", () => {
     expect(lookup.lookupCached(NS, [other])).toBeUndefined();
   });
 
+  it("lookupCached drops chains on a new read", async () => {
+    // The ReplicaSet is deleted and created again under its name: a pod of the new one makes
+    // the lookup read it again, and a pod of the old one must no longer get the old chain.
+    const { replicaSet } = deploymentChain();
+    const lookup = newLookup();
+    const old = [ownerReferenceTo(replicaSet)];
+    await lookup.lookup(NS, old);
+    expect(lookup.lookupCached(NS, old)).toBeDefined();
+    const recreated = makeObject("ReplicaSet", NS, replicaSet.metadata.name, {
+      annotations: { [INJECT_ANNOTATION]: "false" },
+    });
+    fake.put(recreated);
+
+    await lookup.lookup(NS, [ownerReferenceTo(recreated)]);
+
+    expect(lookup.keptChains).toBe(0);
+    expect(lookup.lookupCached(NS, old)).toBeUndefined();
+    await expect(lookup.lookup(NS, old)).rejects.toThrow(LookupError);
+  });
+
+  it("lookupCached keeps no long keys", async () => {
+    const { replicaSet } = deploymentChain();
+    const lookup = newLookup();
+    await lookup.lookup(NS, [ownerReferenceTo(replicaSet)]);
+    const long = {
+      ...ownerReferenceTo(replicaSet),
+      apiVersion: `apps/${"v".repeat(100_000)}`,
+    };
+
+    const chain = lookup.lookupCached(NS, [long]);
+
+    expect(chain?.owners.map((owner) => owner.kind)).toEqual([
+      "ReplicaSet",
+      "Deployment",
+    ]);
+    expect(lookup.keptChains).toBe(0);
+  });
+
   it("entries expire after the TTL", async () => {
     const { deployment, replicaSet } = deploymentChain();
     const lookup = newLookup({ cacheTtlSeconds: 0.2 });

@@ -189,6 +189,13 @@ interface CachedChain {
 /** Maximum chains that lookupCached keeps. When full, the map starts empty again. */
 const MAX_CACHED_CHAINS = 1024;
 
+/**
+ * Longest chain key that lookupCached keeps. Valid names, uids and API versions give keys of a
+ * few hundred characters, while a pod sent to the webhook before validation can carry fields
+ * of megabytes.
+ */
+const MAX_CHAIN_KEY_LENGTH = 1024;
+
 interface ObjectKey {
   kind: LookupKind;
   namespace: string | undefined;
@@ -316,16 +323,29 @@ export class WorkloadLookup {
       if (chain === undefined) {
         return undefined;
       }
+      if (chainKey.length > MAX_CHAIN_KEY_LENGTH) {
+        return this.#countHits(chain);
+      }
       if (this.#chains.size >= MAX_CACHED_CHAINS) {
         this.#chains.clear();
       }
       this.#chains.set(chainKey, chain);
     }
+    return this.#countHits(chain);
+  }
+
+  /** Counts the cache hits of a chain that lookupCached returns, and returns its annotations. */
+  #countHits(chain: CachedChain): WorkloadAnnotations {
     for (const owner of chain.annotations.owners) {
       this.#recordCacheHit(owner.kind as LookupKind);
     }
     this.#recordCacheHit("Namespace");
     return chain.annotations;
+  }
+
+  /** Number of chains that lookupCached keeps. */
+  get keptChains(): number {
+    return this.#chains.size;
   }
 
   /** Builds the chain of lookupCached from the object cache, or returns undefined on a miss. */
@@ -520,6 +540,8 @@ export class WorkloadLookup {
   async #readAndCache(key: ObjectKey, cacheKey: string): Promise<CachedObject> {
     const object = await this.#read(key);
     if (this.#cacheTtlSeconds > 0) {
+      // A kept chain may contain the object this read replaces, so none is kept any longer.
+      this.#chains.clear();
       try {
         this.#cache.set(cacheKey, object);
       } catch {
