@@ -114,6 +114,8 @@ export class LineBatcher {
 
   /** Writes the destination's pending text and the collected lines before returning. */
   flushSync(): void {
+    // NOTE: a batch that the destination is writing asynchronously, for example to a blocked
+    // stdout, is not written again here, so an exit at that moment loses that batch.
     // The destination is emptied first. It then has less than its minimum write length after it
     // takes the lines, so it starts no asynchronous write that the exit could cut short.
     this.#destination.flushSync();

@@ -7,6 +7,7 @@ import {
 } from "../src/injection/mutate.js";
 import { PatchCache } from "../src/injection/patch-cache.js";
 import type { JsonObject } from "../src/injection/pod.js";
+import { ownedView } from "../src/injection/view.js";
 import { applyStrict } from "./support/apply-patch.js";
 import { injectUncached } from "./support/inject-pod.js";
 
@@ -131,7 +132,11 @@ describe("PatchCache", () => {
   });
 
   it("skips views over the length limit", () => {
-    const cache = new PatchCache({ entries: 8, viewLength: 600 });
+    const cache = new PatchCache({
+      entries: 8,
+      characters: 1_000_000,
+      viewLength: 600,
+    });
     const small = pod({ note: "a".repeat(10) });
     const large = pod({ note: "a".repeat(600) });
 
@@ -143,7 +148,11 @@ describe("PatchCache", () => {
   });
 
   it("starts over when full", () => {
-    const cache = new PatchCache({ entries: 3, viewLength: 8192 });
+    const cache = new PatchCache({
+      entries: 3,
+      characters: 1_000_000,
+      viewLength: 8192,
+    });
 
     for (let index = 0; index < 3; index += 1) {
       cache.inject(pod({ index: String(index) }), PLAN, NOW);
@@ -151,6 +160,60 @@ describe("PatchCache", () => {
     expect(cache.size).toBe(3);
     cache.inject(pod({ index: "3" }), PLAN, NOW);
 
+    expect(cache.size).toBe(1);
+  });
+
+  it("starts over at the character limit", () => {
+    const json = uncachedJson(pod({ index: "0" }), PLAN, NOW)!;
+    // Room for two entries of this size and not three.
+    const entrySize =
+      JSON.stringify(ownedView(pod({ index: "0" }), false)).length +
+      json.length -
+      NOW.toISOString().length;
+    const cache = new PatchCache({
+      entries: 100,
+      characters: entrySize * 2 + 10,
+      viewLength: 8192,
+    });
+
+    cache.inject(pod({ index: "0" }), PLAN, NOW);
+    cache.inject(pod({ index: "1" }), PLAN, NOW);
+    expect(cache.size).toBe(2);
+    cache.inject(pod({ index: "2" }), PLAN, NOW);
+
+    expect(cache.size).toBe(1);
+  });
+
+  it("skips an entry over the character limit", () => {
+    const cache = new PatchCache({
+      entries: 8,
+      characters: 100,
+      viewLength: 8192,
+    });
+
+    const result = cache.inject(pod(), PLAN, NOW);
+
+    expect(cache.size).toBe(0);
+    expect(result.patch?.json).toBe(uncachedJson(pod(), PLAN, NOW));
+  });
+
+  it("skips views with numbers JSON cannot write", () => {
+    // JSON.parse reads 1e400 as Infinity, which JSON.stringify writes as null.
+    const cache = new PatchCache();
+    const withNull = pod();
+    (withNull.spec as JsonObject).volumes = null;
+    const withInfinity = JSON.parse(
+      JSON.stringify(pod()).replace(
+        '"volumes":[{"name":"tmp","emptyDir":{}}]',
+        '"volumes":1e400',
+      ),
+    ) as JsonObject;
+    expect((withInfinity.spec as JsonObject).volumes).toBe(Infinity);
+    cache.inject(withNull, PLAN, NOW);
+
+    expect(() => cache.inject(withInfinity, PLAN, NOW)).toThrow(
+      InvalidPodError,
+    );
     expect(cache.size).toBe(1);
   });
 

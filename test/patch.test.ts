@@ -2,6 +2,7 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 
 import {
+  cachedLongStringLength,
   diffPods,
   diffPodsToJson,
   serializePatch,
@@ -170,5 +171,20 @@ describe("serializePatch", () => {
 
     expect(serializePatch(patch).json).toBe(first);
     expect(first).toBe(JSON.stringify(patch));
+  });
+
+  it("caches long strings up to 16 KiB", () => {
+    const before = cachedLongStringLength();
+    const values = [`config ${"c".repeat(1000)}`, `env ${"e".repeat(100_000)}`];
+    const patch: PatchOperation[] = values.map((value, index) => ({
+      op: "add",
+      path: `/metadata/annotations/key${index}`,
+      value,
+    }));
+
+    const text = serializePatch(patch).json;
+
+    expect(text).toBe(JSON.stringify(patch));
+    expect(cachedLongStringLength() - before).toBe(values[0]!.length);
   });
 });

@@ -15,16 +15,19 @@ export interface Injection {
   readonly warnings: readonly string[];
 }
 
-/** Bounds of a PatchCache. */
+/** Bounds of a PatchCache. When either total is reached, the cache starts empty again. */
 export interface PatchCacheLimits {
-  /** Maximum cached patches, over all plans. When full, the cache starts empty again. */
+  /** Maximum cached patches, over all plans. */
   readonly entries: number;
+  /** Maximum characters of keys and patch text, over all entries. */
+  readonly characters: number;
   /** Largest view, in characters of its JSON text, whose patch is cached. */
   readonly viewLength: number;
 }
 
 export const DEFAULT_PATCH_CACHE_LIMITS: PatchCacheLimits = {
   entries: 256,
+  characters: 4 * 1024 * 1024,
   viewLength: 8192,
 };
 
@@ -59,6 +62,7 @@ export class PatchCache {
   readonly #placeholder = randomBytes(24).toString("base64url");
   #entries = new WeakMap<InjectionPlan, Map<string, Entry>>();
   #count = 0;
+  #characters = 0;
 
   constructor(limits: PatchCacheLimits = DEFAULT_PATCH_CACHE_LIMITS) {
     this.#limits = limits;
@@ -86,9 +90,18 @@ export class PatchCache {
       if (entry === undefined) {
         return injectAndDiff(original, ownedView(pod), plan, isoTime(now));
       }
-      if (this.#count >= this.#limits.entries) {
+      const characters =
+        key.length + entry.head.length + (entry.tail?.length ?? 0);
+      if (characters > this.#limits.characters) {
+        return use(entry, isoTime(now));
+      }
+      if (
+        this.#count >= this.#limits.entries ||
+        this.#characters + characters > this.#limits.characters
+      ) {
         this.#entries = new WeakMap();
         this.#count = 0;
+        this.#characters = 0;
         entries = undefined;
       }
       if (entries === undefined) {
@@ -97,11 +110,15 @@ export class PatchCache {
       }
       entries.set(key, entry);
       this.#count += 1;
+      this.#characters += characters;
     }
     return use(entry, isoTime(now));
   }
 
-  /** Returns the view's JSON text, or undefined when the view is too large or deep to cache. */
+  /**
+   * Returns the view's JSON text, or undefined when the view is too large or deep to cache, or
+   * contains a number that JSON cannot write.
+   */
   #key(view: JsonObject): string | undefined {
     // A pod that carries an injected-at time may carry this very millisecond's. Injecting at that
     // time leaves the annotation alone, while the placeholder would replace it with equal text.
@@ -195,8 +212,9 @@ function injectAndDiff(
 }
 
 /**
- * Subtracts an estimate of the JSON length of `value` from `budget` and returns what is left,
- * or a negative number as soon as the budget or MAX_CACHED_DEPTH is exceeded.
+ * Subtracts an estimate of the JSON length of `value` from `budget` and returns what is left.
+ * Returns a negative number as soon as the budget or MAX_CACHED_DEPTH is exceeded, and for a
+ * number that is not finite.
  */
 function remainingLength(
   value: unknown,
@@ -205,6 +223,11 @@ function remainingLength(
 ): number {
   if (typeof value === "string") {
     return budget - value.length - 2;
+  }
+  if (typeof value === "number" && !Number.isFinite(value)) {
+    // JSON.parse reads 1e400 as Infinity, and JSON.stringify writes it as null, so the key would
+    // not tell the pod from one with null there.
+    return -1;
   }
   if (typeof value !== "object" || value === null) {
     // Numbers, booleans and null: at most the 24 characters of a long number.

@@ -231,10 +231,22 @@ interface Encoded {
 const frozenJson = new WeakMap<object, Encoded>();
 
 // JSON text of long strings, such as the rendered config, which every patch of a plan carries.
-// Bounded, because the keys are held strongly.
+// Bounded in count and in string length, because the keys are held strongly and a user's env
+// value can reach the patch too. A config lists a few servers per cluster and stays far below
+// the length bound.
 const longStringJson = new Map<string, Encoded>();
 const LONG_STRING_LENGTH = 256;
 const LONG_STRING_CACHE_LIMIT = 64;
+const LONG_STRING_CACHE_MAX_LENGTH = 16 * 1024;
+
+/** Returns the characters of the strings whose JSON text is cached, for tests. */
+export function cachedLongStringLength(): number {
+  let total = 0;
+  for (const key of longStringJson.keys()) {
+    total += key.length;
+  }
+  return total;
+}
 
 const NON_ASCII = /[^\u0000-\u007f]/;
 
@@ -299,6 +311,10 @@ class PatchWriter implements Sink {
         } else {
           this.#append(encode(value));
         }
+        return;
+      }
+      if (value.length > LONG_STRING_CACHE_MAX_LENGTH) {
+        this.#append(encode(value));
         return;
       }
       let encoded = longStringJson.get(value);
