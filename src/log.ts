@@ -134,6 +134,9 @@ export class LineBatcher {
   }
 }
 
+/** Characters of a RepeatLimiter key that tell keys apart. */
+export const MAX_REPEAT_KEY_LENGTH = 512;
+
 /**
  * Limits how often one repeated message is logged: the first occurrence, then at most one line
  * per interval that carries the count of suppressed repeats.
@@ -146,8 +149,18 @@ export class RepeatLimiter {
     private readonly now: () => number = Date.now,
   ) {}
 
-  /** Returns the number of suppressed repeats to report, or undefined when this one is muted. */
-  admit(key: string): number | undefined {
+  /**
+   * Returns the number of suppressed repeats to report, or undefined when this one is muted.
+   * Keys that share their first MAX_REPEAT_KEY_LENGTH characters count as one.
+   */
+  admit(fullKey: string): number | undefined {
+    // Keys contain request values such as a namespace, which a request sent before validation can
+    // make megabytes long, and up to 1,000 keys are kept. The prefix is copied, because V8 keeps
+    // the whole string alive behind a slice.
+    const key =
+      fullKey.length > MAX_REPEAT_KEY_LENGTH
+        ? Buffer.from(fullKey.slice(0, MAX_REPEAT_KEY_LENGTH)).toString()
+        : fullKey;
     const time = this.now();
     const state = this.#last.get(key);
     if (state && time - state.at < this.intervalMs) {

@@ -90,6 +90,42 @@ export interface HandlerResult {
 const PLAN_CACHE_LIMIT = 256;
 
 /**
+ * Maximum length of a cached plan key. The 256 containers that injection allows, with names of
+ * the 63 characters that Kubernetes allows, and a config path give keys of about 21 KiB. A pod
+ * sent before validation can name thousands of longer containers.
+ */
+export const MAX_PLAN_KEY_LENGTH = 32 * 1024;
+
+const NO_FURTHER_CLUSTERS: readonly number[] = [];
+
+/**
+ * Returns the key of a plan for these options, among the plans of one list of the first
+ * cluster, or undefined when the key is too long to cache. `furtherClusters` numbers the lists
+ * of the other clusters.
+ */
+export function planKey(
+  options: Pick<InjectionOptions, "configFormat" | "configPath" | "containers">,
+  furtherClusters: readonly number[],
+): string | undefined {
+  // Most pods take the defaults, and their key is the format alone. The ConfigFormat type
+  // allows only words, so that key cannot collide with a JSON key, which starts with "[".
+  if (
+    options.configPath === undefined &&
+    options.containers === undefined &&
+    furtherClusters.length === 0
+  ) {
+    return options.configFormat;
+  }
+  const key = JSON.stringify([
+    options.configFormat,
+    options.configPath ?? null,
+    options.containers ?? null,
+    furtherClusters,
+  ]);
+  return key.length <= MAX_PLAN_KEY_LENGTH ? key : undefined;
+}
+
+/**
  * Handles AdmissionRequests for pods in a fixed order of steps: filter, decide, look up HSMs,
  * render, mutate a copy, diff. Patches are cached by plan and pod view (PatchCache). It performs no I/O of its own beyond the directory and the
  * decider. Expected failures become AdmissionResponses; the server turns anything else into a
@@ -266,19 +302,15 @@ export class AdmissionHandler {
       plans = new Map();
       this.#plans.set(first!, plans);
     }
-    // Most pods take the defaults, and their key is the format alone. The ConfigFormat type
-    // allows only words, so that key cannot collide with a JSON key, which starts with "[".
-    const key =
-      options.configPath === undefined &&
-      options.containers === undefined &&
+    const key = planKey(
+      options,
       rest.length === 0
-        ? options.configFormat
-        : JSON.stringify([
-            options.configFormat,
-            options.configPath ?? null,
-            options.containers ?? null,
-            rest.map((cluster) => this.#clusterNumber(cluster)),
-          ]);
+        ? NO_FURTHER_CLUSTERS
+        : rest.map((cluster) => this.#clusterNumber(cluster)),
+    );
+    if (key === undefined) {
+      return buildInjectionPlan(options, clusters, this.#options.hsmCaFile);
+    }
     let plan = plans.get(key);
     if (plan === undefined) {
       plan = buildInjectionPlan(options, clusters, this.#options.hsmCaFile);
