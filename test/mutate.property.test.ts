@@ -477,6 +477,11 @@ describe("PatchCache properties", () => {
           expect(actual.patch?.length).toBe(expected.patch?.length);
           expect(actual.patch?.ascii).toBe(expected.patch?.ascii);
           expect(actual.warnings).toEqual(expected.warnings);
+          if (actual.patch?.base64 !== undefined) {
+            expect(actual.patch.base64).toBe(
+              Buffer.from(actual.patch.json, "utf8").toString("base64"),
+            );
+          }
         }
       }),
       { numRuns: 200 },

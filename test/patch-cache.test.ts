@@ -80,6 +80,22 @@ describe("PatchCache", () => {
     });
   });
 
+  it("encodes only the time per use", () => {
+    // Heads of every length modulo 3, from annotations of three lengths.
+    for (const note of ["a", "ab", "abc"]) {
+      const cache = new PatchCache();
+      cache.inject(pod({ note }), PLAN, NOW);
+
+      const second = cache.inject(pod({ note }), PLAN, LATER);
+
+      expect(second.patch?.base64).toBe(
+        Buffer.from(uncachedJson(pod({ note }), PLAN, LATER)!).toString(
+          "base64",
+        ),
+      );
+    }
+  });
+
   it("times a pod without annotations", () => {
     // The time sits inside the annotations map that the patch adds whole.
     const cache = new PatchCache();

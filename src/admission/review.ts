@@ -3,6 +3,7 @@ import {
   serializePatch,
   type PatchOperation,
   type PatchText,
+  encodeBase64,
 } from "../injection/patch.js";
 
 /** AdmissionReview versions the webhook accepts and responds in. */
@@ -157,24 +158,9 @@ export function allowWithPatchText(
     uid,
     allowed: true,
     patchType: "JSONPatch",
-    patch: base64(patch.json, patch.ascii),
+    patch: patch.base64 ?? encodeBase64(patch.json, patch.ascii),
   };
   return withWarnings(response, warnings);
-}
-
-// A buffer reused for every patch that fits. Buffer.from allocated a Buffer per patch, and in a
-// loop that took longer than encoding a typical 2 KB patch.
-const scratch = Buffer.allocUnsafe(64 * 1024);
-
-/** Encodes the UTF-8 bytes of `text` as base64. Pass `ascii` true only for ASCII text. */
-function base64(text: string, ascii: boolean): string {
-  // Latin-1 encoding skips UTF-8's scan, and gives the same bytes for ASCII text. A character
-  // takes at most 3 UTF-8 bytes, as a surrogate pair takes 4 for its 2 characters.
-  if (text.length <= scratch.length / (ascii ? 1 : 3)) {
-    const size = scratch.write(text, 0, ascii ? "latin1" : "utf8");
-    return scratch.toString("base64", 0, size);
-  }
-  return Buffer.from(text, ascii ? "latin1" : "utf8").toString("base64");
 }
 
 /**

@@ -5,7 +5,7 @@ import {
   isoTime,
   type InjectionPlan,
 } from "./mutate.js";
-import { diffPodsToJson, type PatchText } from "./patch.js";
+import { diffPodsToJson, encodeBase64, type PatchText } from "./patch.js";
 import { isObject, type JsonObject } from "./pod.js";
 import { ownedView } from "./view.js";
 
@@ -44,6 +44,36 @@ interface Entry {
   readonly ascii: boolean;
   readonly changed: boolean;
   readonly warnings: readonly string[];
+  /** The base64 of the text around the time, for ASCII patches. */
+  readonly base64?: Base64Parts;
+}
+
+/**
+ * An ASCII patch as base64 in three parts. Base64 turns each 3 bytes into 4 characters, so the
+ * parts before and after the time, cut at multiples of 3 bytes, are encoded once, and each use
+ * encodes only the few bytes around the time.
+ */
+interface Base64Parts {
+  /** The base64 of the head up to its last multiple of 3 bytes. */
+  readonly before: string;
+  /** The rest of the head, 0 to 2 characters. */
+  readonly headRest: string;
+  /** The start of the tail that, after a 24-character time, completes a multiple of 3 bytes. */
+  readonly tailStart: string;
+  /** The base64 of the rest of the tail. */
+  readonly after: string;
+}
+
+/** Splits an ASCII patch for Base64Parts, for times whose length is a multiple of 3. */
+function base64Parts(head: string, tail: string): Base64Parts {
+  const headCut = head.length - (head.length % 3);
+  const tailCut = Math.min(tail.length, (3 - (head.length % 3)) % 3);
+  return {
+    before: encodeBase64(head.slice(0, headCut), true),
+    headRest: head.slice(headCut),
+    tailStart: tail.slice(0, tailCut),
+    after: encodeBase64(tail.slice(tailCut), true),
+  };
 }
 
 /**
@@ -182,6 +212,8 @@ export class PatchCache {
       ascii: patch.ascii,
       changed: true,
       warnings,
+      base64:
+        patch.ascii && tail !== undefined ? base64Parts(head, tail) : undefined,
     };
   }
 }
@@ -193,9 +225,28 @@ function use(entry: Entry, time: string): Injection {
   const json =
     entry.tail === undefined ? entry.head : entry.head + time + entry.tail;
   return {
-    patch: { json, length: entry.length, ascii: entry.ascii },
+    patch: {
+      json,
+      length: entry.length,
+      ascii: entry.ascii,
+      base64: base64Of(entry, time),
+    },
     warnings: entry.warnings,
   };
+}
+
+/** Returns the base64 of the entry's text with `time`, from its parts when they fit the time. */
+function base64Of(entry: Entry, time: string): string | undefined {
+  const parts = entry.base64;
+  if (parts === undefined) {
+    return undefined;
+  }
+  const middle = parts.headRest + time + parts.tailStart;
+  // Only a middle of a multiple of 3 bytes ends where `after` starts, unless nothing follows.
+  if (middle.length % 3 !== 0 && parts.after !== "") {
+    return undefined;
+  }
+  return parts.before + encodeBase64(middle, true) + parts.after;
 }
 
 function injectAndDiff(
