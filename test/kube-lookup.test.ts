@@ -545,6 +545,23 @@ describe("cache", () => {
     await expect(lookup.lookup(NS, old)).rejects.toThrow(LookupError);
   });
 
+  it("lookupCached keys chains by every field", async () => {
+    // Fields that would read the same if joined without their lengths.
+    const { replicaSet } = deploymentChain();
+    const lookup = newLookup();
+    const references = [ownerReferenceTo(replicaSet)];
+    await lookup.lookup(NS, references);
+    expect(lookup.lookupCached(NS, references)).toBeDefined();
+    const shifted = {
+      ...ownerReferenceTo(replicaSet),
+      kind: `${replicaSet.kind}${replicaSet.metadata.name.slice(0, 2)}`,
+      name: replicaSet.metadata.name.slice(2),
+    };
+
+    expect(lookup.lookupCached(NS, [shifted])?.owners).toEqual([]);
+    expect(lookup.keptChains).toBe(2);
+  });
+
   it("lookupCached keeps no long keys", async () => {
     const { replicaSet } = deploymentChain();
     const lookup = newLookup();
