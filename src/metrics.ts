@@ -84,20 +84,16 @@ interface TrackedCluster {
 export class WebhookMetrics {
   readonly registry = new Registry();
   readonly #now: () => number;
-  /** Admissions not yet added to the admissions counter, by result and reason. See the observer. */
-  readonly #pendingAdmissions = new Map<
-    string,
-    { labels: Record<"result" | "reason", string>; count: number }
-  >();
+  /** Admissions not yet added to the admissions counter. See the observer. */
+  readonly #pendingAdmissions = new PendingCounts<"result" | "reason">();
   readonly #admissionSeconds: OneLabelHistogram;
   readonly #describeCalls: Counter<"outcome">;
   readonly #describeSeconds: Histogram<"outcome">;
   readonly #setChanges: Counter<"cluster_id" | "region">;
   readonly #lookups: Counter<"kind" | "outcome" | "cache_hit">;
-  /** Lookups not yet added to #lookups, by label values. See recordLookup. */
-  readonly #pendingLookups = new Map<
-    string,
-    { labels: Record<"kind" | "outcome" | "cache_hit", string>; count: number }
+  /** Lookups not yet added to #lookups. See recordLookup. */
+  readonly #pendingLookups = new PendingCounts<
+    "kind" | "outcome" | "cache_hit"
   >();
   readonly #certificateReloads: Counter<"outcome">;
   readonly #malformedRequests: Counter<"status_code">;
@@ -120,12 +116,7 @@ export class WebhookMetrics {
       labelNames: ["result", "reason"],
       registers,
       collect() {
-        for (const pending of pendingAdmissions.values()) {
-          if (pending.count > 0) {
-            this.inc(pending.labels, pending.count);
-            pending.count = 0;
-          }
-        }
+        pendingAdmissions.addTo(this);
       },
     });
     this.#admissionSeconds = new OneLabelHistogram(
@@ -163,12 +154,7 @@ export class WebhookMetrics {
       labelNames: ["kind", "outcome", "cache_hit"],
       registers,
       collect() {
-        for (const pending of pendingLookups.values()) {
-          if (pending.count > 0) {
-            this.inc(pending.labels, pending.count);
-            pending.count = 0;
-          }
-        }
+        pendingLookups.addTo(this);
       },
     });
     this.#certificateReloads = new Counter({
@@ -227,20 +213,14 @@ export class WebhookMetrics {
   /** Hooks for the HTTPS server in ./server/app.ts. */
   readonly observer: AdmissionObserver = {
     admission: (result, seconds) => {
-      // prom-client validates and hashes the labels of every inc and observe, which took about
-      // 1 µs per admission in a loop. Admissions are counted here and added when collected.
+      // prom-client's inc and observe took about 1 µs per admission in a loop, so admissions
+      // are counted in PendingCounts and a OneLabelHistogram.
       const label = admissionResult(result);
       const reason = this.#reasons.value(admissionReason(result));
-      const key = `${label}|${reason}`;
-      const pending = this.#pendingAdmissions.get(key);
-      if (pending === undefined) {
-        this.#pendingAdmissions.set(key, {
-          labels: { result: label, reason },
-          count: 1,
-        });
-      } else {
-        pending.count += 1;
-      }
+      this.#pendingAdmissions.add(`${label}|${reason}`, () => ({
+        result: label,
+        reason,
+      }));
       this.#admissionSeconds.observe(label, seconds);
     },
     badRequest: (statusCode) => {
@@ -265,19 +245,14 @@ export class WebhookMetrics {
     outcome: LookupOutcome,
     cacheHit: boolean,
   ): void {
-    // Each pod makes about three lookups, and prom-client hashes the labels of every inc, so
-    // lookups are counted here and added to the counter when it is collected.
+    // Each pod makes about three lookups, and prom-client hashes the labels of every inc.
     const key =
       outcome === "ok" && cacheHit ? kind : `${kind}|${outcome}|${cacheHit}`;
-    const pending = this.#pendingLookups.get(key);
-    if (pending === undefined) {
-      this.#pendingLookups.set(key, {
-        labels: { kind, outcome, cache_hit: String(cacheHit) },
-        count: 1,
-      });
-    } else {
-      pending.count += 1;
-    }
+    this.#pendingLookups.add(key, () => ({
+      kind,
+      outcome,
+      cache_hit: String(cacheHit),
+    }));
   }
 
   /** Records one certificate reload, in the shape of CertificateReloader's onReload hook. */
@@ -311,6 +286,37 @@ export class WebhookMetrics {
     }
     if (event.changed) {
       this.#setChanges.inc(labelsOf(cluster));
+    }
+  }
+}
+
+/**
+ * Counts of a prom-client Counter, by label values, that are added to it when it is collected.
+ * prom-client's inc validates and hashes the labels on every call.
+ */
+class PendingCounts<L extends string> {
+  readonly #counts = new Map<
+    string,
+    { labels: Record<L, string>; count: number }
+  >();
+
+  /** Counts one event. `key` names the label values, and `labels` builds them on first use. */
+  add(key: string, labels: () => Record<L, string>): void {
+    const pending = this.#counts.get(key);
+    if (pending === undefined) {
+      this.#counts.set(key, { labels: labels(), count: 1 });
+    } else {
+      pending.count += 1;
+    }
+  }
+
+  /** Adds the counts to `counter` and sets them to zero. */
+  addTo(counter: Counter<L>): void {
+    for (const pending of this.#counts.values()) {
+      if (pending.count > 0) {
+        counter.inc(pending.labels, pending.count);
+        pending.count = 0;
+      }
     }
   }
 }
