@@ -107,8 +107,9 @@ export function planKey(
   options: Pick<InjectionOptions, "configFormat" | "configPath" | "containers">,
   furtherClusters: readonly number[],
 ): string | undefined {
-  // Most pods take the defaults, and their key is the format alone. The ConfigFormat type
-  // allows only words, so that key cannot collide with a JSON key, which starts with "[".
+  // Most pods take the defaults, and their key is the format alone. resolveInjection accepts
+  // only the words of CONFIG_FORMATS, so that key cannot collide with a JSON key, which starts
+  // with "[".
   if (
     options.configPath === undefined &&
     options.containers === undefined &&

@@ -21,7 +21,7 @@ export interface PatchCacheLimits {
   readonly entries: number;
   /** Maximum characters of keys and patch text, over all entries. */
   readonly characters: number;
-  /** Largest view, in characters of its JSON text, whose patch is cached. */
+  /** Maximum length of a view, in characters of its JSON text, whose patch is cached. */
   readonly viewLength: number;
 }
 
@@ -31,8 +31,9 @@ export const DEFAULT_PATCH_CACHE_LIMITS: PatchCacheLimits = {
   viewLength: 8192,
 };
 
-// Views nest about six levels deep. A deeper one is not cached, which also keeps JSON.stringify
-// far from the stack limit before injection checks the depth and rejects the pod.
+// Views of valid pods nest about eight levels deep, by estimate. A deeper one is not cached,
+// which also keeps JSON.stringify far from the stack limit before injection checks the depth and
+// rejects the pod.
 const MAX_CACHED_DEPTH = 32;
 
 /** A cached patch, with the text split where the injected-at time goes. */

@@ -190,7 +190,7 @@ interface CachedChain {
 const MAX_CACHED_CHAINS = 1024;
 
 /**
- * Longest chain key that lookupCached keeps. Valid names, uids and API versions give keys of a
+ * Maximum length of a chain key that lookupCached keeps. Valid names, uids and API versions give keys of a
  * few hundred characters, while a pod sent to the webhook before validation can carry fields
  * of megabytes.
  */
